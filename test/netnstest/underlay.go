@@ -41,6 +41,7 @@ type Node struct {
 	Name   string       // the role name given to AddNode
 	Addr   netip.Prefix // underlay address with the subnet's prefix length, e.g. 192.168.10.11/24
 	Iface  string       // underlay interface inside the node: "eth0"
+	Port   string       // its peer: the bridge port in the underlay namespace
 	Subnet *Subnet
 }
 
@@ -89,8 +90,9 @@ func (u *Underlay) addSubnet(i int, cidr string) (*Subnet, error) {
 }
 
 // AddNode creates a node namespace on the given subnet (index into Subnets)
-// with the next free address from .11 up, routes to the other subnets via the
-// gateway, and IPv4 forwarding on (nodes route for their pods).
+// with the next free address from .11 up, a default route via the subnet's
+// gateway (the underlay namespace), and IPv4 forwarding on (nodes route for
+// their pods).
 func (u *Underlay) AddNode(name string, subnet int) (*Node, error) {
 	if subnet < 0 || subnet >= len(u.Subnets) {
 		return nil, fmt.Errorf("add node %s: no subnet %d (underlay has %d)", name, subnet, len(u.Subnets))
@@ -109,15 +111,16 @@ func (u *Underlay) AddNode(name string, subnet int) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	node := &Node{NS: n, Name: name, Addr: addr, Iface: "eth0", Subnet: s}
-	if err := u.plug(node, port); err != nil {
+	node := &Node{NS: n, Name: name, Addr: addr, Iface: "eth0", Port: port, Subnet: s}
+	if err := u.plug(node); err != nil {
 		return nil, fmt.Errorf("add node %s: %w", name, err)
 	}
 	return node, nil
 }
 
 // plug connects the node's eth0 to the subnet's bridge and configures it.
-func (u *Underlay) plug(node *Node, port string) error {
+func (u *Underlay) plug(node *Node) error {
+	port := node.Port
 	if err := veth(u.NS, port, node.NS, node.Iface, UnderlayMTU); err != nil {
 		return err
 	}
@@ -139,18 +142,12 @@ func (u *Underlay) plug(node *Node, port string) error {
 	if err := node.nl.AddrAdd(eth, &netlink.Addr{IPNet: prefixToIPNet(node.Addr)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", node.Addr, node.Iface, err)
 	}
-	for _, other := range u.Subnets {
-		if other == node.Subnet {
-			continue
-		}
-		r := &netlink.Route{
-			LinkIndex: eth.Attrs().Index,
-			Dst:       prefixToIPNet(other.Prefix),
-			Gw:        net.IP(node.Subnet.Gateway.AsSlice()),
-		}
-		if err := node.nl.RouteAdd(r); err != nil {
-			return fmt.Errorf("route %s via %s: %w", other.Prefix, node.Subnet.Gateway, err)
-		}
+	// A default route, as real nodes have: proxy ARP for the pods' gateway
+	// 169.254.1.1 answers only when the node routes that address elsewhere.
+	// It is safe: the underlay namespace has no way out of the sandbox.
+	r := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(node.Subnet.Gateway.AsSlice())}
+	if err := node.nl.RouteAdd(r); err != nil {
+		return fmt.Errorf("default via %s: %w", node.Subnet.Gateway, err)
 	}
 	return node.Sysctl("net.ipv4.ip_forward", "1")
 }
