@@ -101,4 +101,3 @@ func htons(v uint16) uint16 {
 	binary.BigEndian.PutUint16(b, v)
 	return binary.NativeEndian.Uint16(b)
 }
-
