@@ -21,7 +21,7 @@ build: ## static binaries (CGO off) into bin/
 deps: ## install the system packages the tests and demo need (root)
 	hack/deps.sh
 
-test: deps lint ## everything this machine can run: unit, netns and VM tiers
+test: deps lint vm-prepare ## everything this machine can run: unit, netns and VM tiers
 	$(GOTEST) -timeout $(TEST_TIMEOUT) ./...
 
 test-unit: ## pure tests only: no root, no namespaces, no VM

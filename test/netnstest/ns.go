@@ -28,6 +28,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NamePrefix starts the name of every namespace this package creates.
@@ -132,7 +133,9 @@ func openNS(name string) (*NS, error) {
 	if n.handle, err = netns.GetFromName(name); err != nil {
 		return nil, errors.Join(fmt.Errorf("open netns %s: %w", name, err), deleteNS(name))
 	}
-	if n.nl, err = netlinksafe.NewHandleAt(n.handle); err != nil {
+	// NETLINK_ROUTE only: the default families include XFRM, which fails on
+	// kernels where xfrm_user is a module that is not loaded (the test VM).
+	if n.nl, err = netlinksafe.NewHandleAt(n.handle, unix.NETLINK_ROUTE); err != nil {
 		n.handle.Close()
 		return nil, errors.Join(fmt.Errorf("netlink handle in %s: %w", name, err), deleteNS(name))
 	}
