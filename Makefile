@@ -3,7 +3,7 @@ SHELL    := /bin/bash
 GO       ?= go
 PKG      := github.com/tabbynet/tabby
 BINARIES := tabby tabby-ipam tabby-node tabbyctl
-VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+VERSION  ?= $(shell git describe --tags --dirty 2>/dev/null || echo v0.0.0-dev)
 COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null)
 LDFLAGS  := -s -w -X $(PKG)/buildinfo.Version=$(VERSION) -X $(PKG)/buildinfo.Commit=$(COMMIT)
 # -count=1: these tests talk to a kernel and servers, never trust a cached pass.
