@@ -101,7 +101,7 @@ func BuildTwoNodes(env *netnstest.Env, encap Encap) (*TwoNodes, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := plumbPod(node, pod, p); err != nil {
+		if err := PlumbPod(node, pod, p.podIP, p.hostVeth); err != nil {
 			return nil, fmt.Errorf("pod on %s: %w", p.name, err)
 		}
 		tn.Sites[i] = Site{Node: node, Pod: pod, PodIP: p.podIP, Block: p.block}
@@ -133,9 +133,12 @@ func ensureIPIPModule() error {
 	return nil
 }
 
-// plumbPod gives the pod eth0 with a /32, a link-local gateway and a default
-// route, and the node a cali veth with proxy ARP and a /32 route to the pod.
-func plumbPod(node *netnstest.Node, pod *netnstest.NS, p nodePlan) error {
+// PlumbPod gives the pod eth0 with a /32, a link-local gateway and a default
+// route, and the node a cali veth (hostVeth) with proxy ARP and a /32 route to
+// the pod — by hand, the shape the CNI plugin produces. Tests of other parts
+// use it until they can run the real plugin.
+func PlumbPod(node *netnstest.Node, pod *netnstest.NS, podIP netip.Addr, hostVeth string) error {
+	p := nodePlan{podIP: podIP, hostVeth: hostVeth}
 	mac, _ := net.ParseMAC(hostMAC)
 	nl := node.Netlink()
 	veth := &netlink.Veth{
