@@ -16,6 +16,7 @@ packages=(
   qemu-system-x86  # the VM tier (IPIP, which this kernel lacks)
   busybox-static   # the VM's initramfs
   cpio             # packs the initramfs
+  containernetworking-plugins # portmap, host-local, ptp: chained and compared with tabby
   ca-certificates  # apt-get download over https mirrors
 )
 

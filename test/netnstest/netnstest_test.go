@@ -3,6 +3,7 @@ package netnstest
 import (
 	"context"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -227,5 +228,60 @@ func TestSweepRemovesOnlyDeadCreators(t *testing.T) {
 	}
 	if _, err := os.Stat(mine.Path()); err != nil {
 		t.Errorf("sweep removed a namespace of a live process: %v", err)
+	}
+}
+
+func TestForwardReachesTheTestProcess(t *testing.T) {
+	env := New(t)
+	n, err := env.NewNS("fwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A server on the test process's loopback, unreachable from n directly.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	f, err := n.Forward("127.0.0.1:2379", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ { // several connections through one forwarder
+		echoThrough(t, ctx, n, f.Addr())
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Dial(ctx, "tcp", "127.0.0.1:2379"); err == nil {
+		t.Error("the forwarder still accepts after Close")
+	}
+}
+
+func echoThrough(t *testing.T, ctx context.Context, n *NS, addr string) {
+	t.Helper()
+	c, err := n.Dial(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo through forwarder = %q, %v", buf, err)
 	}
 }
