@@ -1,0 +1,47 @@
+package cniplugin
+
+import (
+	"context"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/tabbynet/tabby/cni-plugin/dataplane"
+)
+
+// del removes the veth, releases the address and deletes the record. It
+// succeeds when any of them is already gone, and needs no CNI_NETNS: the
+// runtime may call it after the pod's namespace was destroyed.
+func (p *plugin) del(args *skel.CmdArgs) error {
+	c, err := p.begin(args)
+	defer c.close()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
+	defer cancel()
+	start := time.Now()
+
+	hostVeth := c.hostVeth()
+	obj, err := c.loadEndpoint(ctx)
+	if err != nil {
+		return err
+	}
+	if obj != nil && obj.Value.HostInterface != "" {
+		hostVeth = obj.Value.HostInterface // the record knows best, even if CNI_ARGS changed
+	}
+	if err := dataplane.Teardown(hostVeth); err != nil {
+		c.log.Warn("DEL: removing the host veth failed; continuing", "hostVeth", hostVeth, "error", err)
+	}
+	// Release before forgetting the record: if the release fails, the record
+	// still shows the IPAM GC what to reclaim, and the runtime retries DEL.
+	if err := invoke.DelegateDel(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+		return c.ipamError("DEL", err)
+	}
+	if err := c.deleteEndpoint(ctx); err != nil {
+		return err
+	}
+	c.log.Info("DEL done", "hostVeth", hostVeth, "took", time.Since(start))
+	return nil
+}

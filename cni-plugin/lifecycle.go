@@ -1,0 +1,88 @@
+package cniplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/tabbynet/tabby/cni-plugin/dataplane"
+	"github.com/tabbynet/tabby/datastore"
+)
+
+// status answers "can this plugin set up pods now?": code 50 unless etcd
+// answers and tabby-node has said it is ready.
+func (p *plugin) status(args *skel.CmdArgs) error {
+	c, err := p.begin(args)
+	defer c.close()
+	if err != nil {
+		return err
+	}
+	ready := c.conf.ReadinessFile
+	if ready == "" {
+		ready = DefaultReadinessFile
+	}
+	if _, err := os.Stat(ready); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable,
+			fmt.Sprintf("tabby-node is not ready on this node (no %s)", ready), err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
+	defer cancel()
+	if err := c.store.Ping(ctx); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "etcd is unreachable", err.Error())
+	}
+	return nil
+}
+
+// gc removes the veths and records of this network's attachments on this
+// node that the runtime no longer lists as valid, then lets the IPAM plugin
+// release their addresses (it receives the same valid-attachments list).
+func (p *plugin) gc(args *skel.CmdArgs) error {
+	c, err := p.begin(args)
+	defer c.close()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
+	defer cancel()
+	valid := map[string]bool{}
+	for _, a := range c.conf.ValidAttachments {
+		valid[a.ContainerID+"/"+a.IfName] = true
+	}
+	recs, _, err := datastore.List[datastore.WorkloadEndpoint](ctx, c.store, c.store.Keys().NodeWorkloadEndpoints(c.node))
+	if err != nil && !datastore.OnlyCorrupt(err) {
+		return etcdError("list workload endpoints", err)
+	}
+	if err != nil {
+		c.log.Warn("GC: skipping corrupt workload endpoint records", "keys", datastore.CorruptKeys(err))
+	}
+	var errs []error
+	removed := 0
+	for _, obj := range recs {
+		r := obj.Value
+		if r.Network != c.conf.Name || valid[r.ContainerID+"/"+r.Interface] {
+			continue
+		}
+		if err := dataplane.Teardown(r.HostInterface); err != nil {
+			errs = append(errs, err)
+		}
+		if err := c.deleteEndpointAt(ctx, obj.Key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed++
+		c.log.Info("GC: removed a stale attachment", "containerID", r.ContainerID, "ifname", r.Interface, "hostVeth", r.HostInterface)
+	}
+	if err := invoke.DelegateGC(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+		errs = append(errs, c.ipamError("GC", err))
+	}
+	c.log.Info("GC done", "removed", removed, "valid", len(valid))
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(types.ErrInternal, "tabby GC: "+err.Error(), "")
+	}
+	return nil
+}
