@@ -29,7 +29,7 @@ type Config struct {
 	Endpoints []string
 	// DialTimeout bounds connection set-up work in the etcd client; 0 means DefaultDialTimeout.
 	DialTimeout time.Duration
-	// RequestTimeout bounds every request whose context has no deadline of its own;
+	// RequestTimeout bounds every single request (the caller's earlier deadline wins);
 	// 0 means DefaultRequestTimeout.
 	RequestTimeout time.Duration
 	// CAFile verifies the servers; CertFile and KeyFile are the client's certificate, given
@@ -186,11 +186,11 @@ func (c *Client) Keys() Keys { return c.keys }
 // Etcd is the underlying client, for what this package does not wrap (lease keep-alives).
 func (c *Client) Etcd() *clientv3.Client { return c.cli }
 
-// requestContext applies the request timeout when the caller set no deadline.
+// requestContext bounds one request by the request timeout, or by the
+// caller's deadline when that comes first. A caller's long deadline (a whole
+// CNI verb, a retry loop) must not let one request to a dead etcd hang for
+// all of it.
 func (c *Client) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
 	return context.WithTimeout(ctx, c.timeout)
 }
 

@@ -30,8 +30,8 @@
 // and time. A value that does not decode is a *CorruptError naming its key, never a panic; List
 // returns the good records alongside such errors (see List for the exact contract).
 //
-// Requests that arrive without a deadline get Config.RequestTimeout, so an unreachable etcd
-// produces an error naming the endpoints instead of a hang.
+// Every request is bounded by Config.RequestTimeout (or the caller's earlier deadline), so an
+// unreachable etcd produces an error naming the endpoints instead of a hang.
 //
 // # Watches
 //

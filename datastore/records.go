@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // DefaultBlockSize is the prefix length of the blocks a pool is carved into (64 addresses),
@@ -116,6 +117,13 @@ type AllocationAttribute struct {
 	Node      string `json:"node,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
+	// MainPlugin is the type of the CNI plugin that delegated the allocation ("tabby", "ptp").
+	// Only plugins that write workload endpoint records can have their leaks judged by the
+	// absence of one; the others are cleaned up by CNI GC.
+	MainPlugin string `json:"mainPlugin,omitempty"`
+	// AllocatedAt is when the address was handed out: a collector without memory of earlier
+	// scans (tabbyctl) measures the leak grace period from it.
+	AllocatedAt time.Time `json:"allocatedAt,omitzero"`
 }
 
 // AffinityState is where a block claim stands.
@@ -133,6 +141,8 @@ type BlockAffinity struct {
 	Node  string        `json:"node"`
 	CIDR  string        `json:"cidr"`
 	State AffinityState `json:"state"`
+	// ClaimedAt is when the claim started, so a check can report claims stuck pending.
+	ClaimedAt time.Time `json:"claimedAt,omitzero"`
 }
 
 // Handle counts the addresses one owner (a pod interface) holds in each block, so a release
