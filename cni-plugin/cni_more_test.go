@@ -279,3 +279,21 @@ func TestCnitool(t *testing.T) {
 	run("del")
 	assertNothingLeft(t, h)
 }
+
+func TestSpecificIPFromCNIArgs(t *testing.T) {
+	h := cnitest.NewHost(t, "tabby")
+	l := confList(t, "1.0.0", tabbyPlugin(h))
+	p := h.NewPod(t, "default", "pinned")
+	p.RT.Args = append(p.RT.Args, [2]string{"IP", "10.244.0.42"})
+	res, err := h.Add(l, p.RT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := podIP(t, res).String(); got != "10.244.0.42" {
+		t.Fatalf("pod got %s, asked for 10.244.0.42", got)
+	}
+	assertAttached(t, h, p, podIP(t, res))
+	if err := h.Del(l, p.RT); err != nil {
+		t.Fatal(err)
+	}
+}
