@@ -1,0 +1,193 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+
+	"github.com/tabbynet/tabby/datastore"
+)
+
+// TunnelAddresser hands this node its tunnel address from one of its own
+// blocks (IPAM handle ipip-tunnel-addr-<node>), and takes it back.
+type TunnelAddresser interface {
+	EnsureTunnelAddress(ctx context.Context, node string) (netip.Addr, error)
+	ReleaseTunnelAddress(ctx context.Context, node string) error
+}
+
+// AgentConfig configures the tunnel part of tabby-node.
+type AgentConfig struct {
+	Node      string
+	Underlay  Underlay
+	TunnelMTU int           // tunl0 MTU; 0 leaves the device's
+	Resync    time.Duration // full re-apply that repairs drift; default 90 s
+	// Coalesce is how long the agent waits after an update for more before
+	// applying; default 20 ms.
+	Coalesce time.Duration
+}
+
+// Agent keeps tunl0 and the routes to other nodes' blocks in step with etcd.
+// Watch handlers only store; one loop applies (DESIGN: updates store, the
+// loop applies), and a failed apply is retried until it succeeds.
+type Agent struct {
+	cfg     AgentConfig
+	store   *datastore.Client
+	nl      netlinksafe.Handle
+	addrs   TunnelAddresser
+	log     *slog.Logger
+	applier *Applier
+	synced  chan struct{} // closed after the first successful apply
+
+	state        state
+	tunnelAddr   netip.Addr
+	lastProblems string
+}
+
+// NewAgent wires an agent; nl is bound to the node's network namespace.
+func NewAgent(cfg AgentConfig, store *datastore.Client, nl netlinksafe.Handle, addrs TunnelAddresser, log *slog.Logger) *Agent {
+	if cfg.Resync <= 0 {
+		cfg.Resync = 90 * time.Second
+	}
+	if cfg.Coalesce <= 0 {
+		cfg.Coalesce = 20 * time.Millisecond
+	}
+	return &Agent{
+		cfg: cfg, store: store, nl: nl, addrs: addrs, log: log.With("component", "tunnel"),
+		applier: &Applier{NL: nl, Underlay: cfg.Underlay.Iface},
+		synced:  make(chan struct{}), state: newState(),
+	}
+}
+
+// Synced is closed once the dataplane was programmed from a full view.
+func (a *Agent) Synced() <-chan struct{} { return a.synced }
+
+// Run watches and applies until ctx ends. It returns early only for what
+// retrying cannot fix: a pool needs IPIP and the kernel has none.
+func (a *Agent) Run(ctx context.Context) error {
+	k := a.store.Keys()
+	nodes, pools, blocks := a.store.Watch(ctx, k.Nodes(), 0), a.store.Watch(ctx, k.IPPools(), 0), a.store.Watch(ctx, k.Blocks(), 0)
+	resync := time.NewTicker(a.cfg.Resync)
+	defer resync.Stop()
+	apply := time.NewTimer(time.Hour)
+	apply.Stop()
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u := <-nodes:
+			a.state.update(kindNodes, u, a.log)
+		case u := <-pools:
+			a.state.update(kindPools, u, a.log)
+		case u := <-blocks:
+			a.state.update(kindBlocks, u, a.log)
+		case <-resync.C:
+		case <-apply.C:
+			if !a.state.complete() {
+				continue
+			}
+			err := a.sync(ctx)
+			if errors.Is(err, ErrNoIPIP) {
+				return err
+			}
+			if err != nil {
+				a.log.Error("tunnel sync failed; retrying", "error", err, "in", backoff)
+				apply.Reset(backoff)
+				backoff = min(backoff*2, 10*time.Second)
+				continue
+			}
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		apply.Reset(a.cfg.Coalesce)
+	}
+}
+
+// sync programs device, address and routes from the current state, in that
+// order (routes via tunl0 need tunl0).
+func (a *Agent) sync(ctx context.Context) error {
+	start := time.Now()
+	in, problems := BuildInput(a.cfg.Node, a.state.nodeList(), a.state.poolList(), a.state.blockList())
+	if a.cfg.Underlay.Addr.IsValid() {
+		// What this agent detected beats its own record, which may lag or be gone.
+		in.Nodes[a.cfg.Node] = Peer{Name: a.cfg.Node, Underlay: a.cfg.Underlay.Addr}
+	}
+	routes, more := Desired(in)
+	problems = append(problems, more...)
+	if err := a.syncDevice(ctx, a.state.needsIPIP()); err != nil {
+		return err
+	}
+	res, err := a.applier.Apply(routes)
+	if len(res.Conflicts) > 0 {
+		problems = append(problems, "destinations held by routes that are not ours: "+strings.Join(res.Conflicts, ", "))
+	}
+	a.reportProblems(problems)
+	if err != nil {
+		return fmt.Errorf("apply routes: %w", err)
+	}
+	if res.Changed() {
+		a.log.Info("routes programmed", "added", res.Added, "replaced", res.Replaced, "deleted", res.Deleted,
+			"total", len(routes), "took", time.Since(start))
+	}
+	select {
+	case <-a.synced:
+	default:
+		close(a.synced)
+		a.log.Info("tunnel in sync", "routes", len(routes), "took", time.Since(start))
+	}
+	return nil
+}
+
+// syncDevice gives tunl0 the tunnel address while some pool encapsulates,
+// and takes it away (address and allocation) when none does.
+func (a *Agent) syncDevice(ctx context.Context, ipip bool) error {
+	if !ipip {
+		if _, err := a.nl.LinkByName(Tunl0); err == nil {
+			if err := EnsureTunl0(a.nl, 0, netip.Addr{}); err != nil {
+				return err
+			}
+		}
+		if a.tunnelAddr.IsValid() {
+			if err := a.addrs.ReleaseTunnelAddress(ctx, a.cfg.Node); err != nil {
+				return fmt.Errorf("release tunnel address: %w", err)
+			}
+			a.tunnelAddr = netip.Addr{}
+		}
+		return nil
+	}
+	addr, err := a.addrs.EnsureTunnelAddress(ctx, a.cfg.Node)
+	if err != nil {
+		return fmt.Errorf("tunnel address: %w", err)
+	}
+	if err := EnsureTunl0(a.nl, a.cfg.TunnelMTU, addr); err != nil {
+		return err
+	}
+	if addr != a.tunnelAddr {
+		a.log.Info("tunl0 configured", "address", addr, "mtu", a.cfg.TunnelMTU)
+		a.tunnelAddr = addr
+	}
+	return nil
+}
+
+// TunnelAddress is the address tunl0 carries now (invalid when none).
+func (a *Agent) TunnelAddress() netip.Addr { return a.tunnelAddr }
+
+// reportProblems logs the list when it changes, not on every sync.
+func (a *Agent) reportProblems(problems []string) {
+	slices.Sort(problems)
+	joined := strings.Join(problems, "; ")
+	if joined == a.lastProblems {
+		return
+	}
+	a.lastProblems = joined
+	if joined != "" {
+		a.log.Warn("some routes cannot be programmed", "problems", problems)
+	}
+}
