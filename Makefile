@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/buildinfo.Version=$(VERSION) -X $(PKG)/buildinfo.Com
 GOTEST   ?= $(GO) test -count=1
 TEST_TIMEOUT ?= 30m
 
-.PHONY: help build deps test test-unit test-netns test-vm bench demo lint clean vm-prepare
+.PHONY: help build deps test test-unit test-netns test-vm bench demo lint clean vm-prepare k8s-prepare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ build: ## static binaries (CGO off) into bin/
 deps: ## install the system packages the tests and demo need (root)
 	hack/deps.sh
 
-test: deps lint vm-prepare ## everything this machine can run: unit, netns and VM tiers
+test: deps lint vm-prepare k8s-prepare ## everything this machine can run: unit, netns and VM tiers
 	$(GOTEST) -timeout $(TEST_TIMEOUT) ./...
 
 test-unit: ## pure tests only: no root, no namespaces, no VM
@@ -35,6 +35,9 @@ test-vm: deps vm-prepare ## the VM tier: tests that need IPIP and other features
 
 vm-prepare: ## download the Debian kernel and build the VM initramfs (cached)
 	$(GO) run ./test/vmtest/cmd/tabby-vm prepare
+
+k8s-prepare: ## build kube-apiserver & co. from source (cached; minutes the first time)
+	$(GO) run ./test/k8stest/cmd/tabby-k8s prepare
 
 bench: deps ## benchmarks; they print figures and never fail on a number
 	$(GO) test -run '^$$' -bench . -benchmem -timeout $(TEST_TIMEOUT) ./...
