@@ -1,41 +1,24 @@
-// Package ipam allocates pod addresses from IP pools carved into per-node
-// blocks whose affinity, allocations and handles live in etcd, written with
-// compare-and-swap so no address is ever handed out twice. It is also the
-// `tabby-ipam` CNI IPAM plugin.
+// Package ipam allocates pod addresses from IP pools carved into per-node blocks whose
+// affinity, allocations and handles live in etcd, written with compare-and-swap so no address
+// is ever handed out twice. It is also the `tabby-ipam` CNI IPAM plugin (Plugin).
 //
-// The allocator is still to come (see the IPAM issue). Today the binary speaks
-// VERSION and answers every other verb with a CNI error that says so.
+// # Model (Calico's, on tabby's schema; see datastore/doc.go for the keys)
+//
+// A pool (datastore.IPPool) is cut into blocks of its block size. A node allocates from blocks
+// it has affinity for; when none has a free address it claims a free block in two phases —
+// pending affinity, create the block, confirm the affinity — so a crash half-way leaves a
+// visible pending claim that the node itself completes on its next allocation. Candidate
+// blocks are visited in a per-node order (a start and an odd stride derived from a hash of the
+// node name), so nodes rarely race for the same block. When a pool has no free block, or the
+// node reached Config.MaxBlocksPerNode, the node borrows a free address from another node's
+// block unless the pool is strictAffinity.
+//
+// Every allocation names a handle (HandleID: "<network>.<containerID>"; TunnelHandle for the
+// IPIP tunnel address). The block and the handle record change in one etcd transaction, so
+// they never disagree; an ADD that finds its handle already holding an address returns it.
+// Lost races re-read and retry (datastore.Retry), bounded in attempts and time.
+//
+// The package's pure parts live in subpackages: block (ordinals, free lists, sequence numbers)
+// and selector (pool node selectors). Collector finds and frees leaks; it never frees an
+// address that was released and handed out again since it looked (sequence numbers).
 package ipam
-
-import (
-	"github.com/containernetworking/cni/pkg/skel"
-
-	"github.com/tabbynet/tabby/cni-plugin/pluginmain"
-)
-
-// PluginName is the binary name runtimes find in /opt/cni/bin.
-const PluginName = "tabby-ipam"
-
-// Plugin returns the CNI entry points of the tabby-ipam plugin.
-func Plugin() pluginmain.Plugin {
-	return pluginmain.Plugin{
-		Name: PluginName,
-		Usage: `the tabby CNI IPAM plugin (per-node address blocks in etcd).
-
-Main plugins delegate to it ("ipam": {"type": "tabby-ipam"}); it reads the
-CNI_* environment and the network configuration on stdin like any CNI plugin.
-By hand it understands:
-  tabby-ipam version   print the build and the CNI spec versions it speaks
-  tabby-ipam --help    this text
-
-This build: VERSION works; ADD, DEL, CHECK, STATUS and GC answer with a CNI
-error (code 999) because the allocator is not implemented yet.`,
-		Funcs: skel.CNIFuncs{
-			Add:    pluginmain.NotImplemented(PluginName, "ADD"),
-			Del:    pluginmain.NotImplemented(PluginName, "DEL"),
-			Check:  pluginmain.NotImplemented(PluginName, "CHECK"),
-			Status: pluginmain.NotImplemented(PluginName, "STATUS"),
-			GC:     pluginmain.NotImplemented(PluginName, "GC"),
-		},
-	}
-}

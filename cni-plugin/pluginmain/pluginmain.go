@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/tabbynet/tabby/buildinfo"
@@ -56,13 +55,4 @@ func Run(p Plugin, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// NotImplemented returns a CNI verb that fails with the spec's JSON error
-// (code 999, "internal") naming the verb, for verbs a build does not have yet.
-func NotImplemented(plugin, verb string) func(*skel.CmdArgs) error {
-	return func(*skel.CmdArgs) error {
-		return types.NewError(types.ErrInternal,
-			fmt.Sprintf("%s: %s is not implemented in this build", plugin, verb), buildinfo.Get(plugin).String())
-	}
 }

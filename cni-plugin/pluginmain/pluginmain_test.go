@@ -65,15 +65,17 @@ func TestBinariesSpeakCNI(t *testing.T) {
 				t.Fatalf("VERSION output %s: %v", out, err)
 			}
 		})
-		t.Run(name+" ADD not implemented", func(t *testing.T) {
-			conf := `{"cniVersion":"1.0.0","name":"n","type":"` + name + `"}`
+		t.Run(name+" ADD without etcd", func(t *testing.T) {
+			// No etcd endpoints anywhere: an invalid configuration (code 7),
+			// reported as the spec's JSON on stdout and nothing else there.
+			conf := `{"cniVersion":"1.0.0","name":"n","type":"` + name + `","nodename":"n1","log_file_path":"none"}`
 			out, stderr, err := runCNI(bin, "ADD", conf)
 			if err == nil {
 				t.Fatalf("ADD succeeded: %s", out)
 			}
 			var e types.Error
-			if jerr := json.Unmarshal(out, &e); jerr != nil || e.Code != types.ErrInternal || !strings.Contains(e.Msg, "ADD is not implemented") {
-				t.Fatalf("ADD stdout is not the spec's error JSON: %s (stderr %s)", out, stderr)
+			if jerr := json.Unmarshal(out, &e); jerr != nil || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "etcd") {
+				t.Fatalf("ADD stdout is not the spec's error JSON naming etcd: %s (stderr %s)", out, stderr)
 			}
 		})
 	}
