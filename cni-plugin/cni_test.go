@@ -34,7 +34,7 @@ func tabbyPlugin(h *cnitest.Host) map[string]any {
 	}
 }
 
-func confList(t *testing.T, version string, plugins ...map[string]any) *libcni.NetworkConfigList {
+func confList(t testing.TB, version string, plugins ...map[string]any) *libcni.NetworkConfigList {
 	return cnitest.ConfList(t, map[string]any{"cniVersion": version, "name": netName, "plugins": plugins})
 }
 

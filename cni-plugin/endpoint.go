@@ -22,9 +22,15 @@ func (c *call) loadEndpoint(ctx context.Context) (*datastore.Object[datastore.Wo
 	return &obj, nil
 }
 
-// saveEndpoint creates or replaces the record, compare-and-swap.
+// saveEndpoint creates or replaces the record, compare-and-swap. A fresh
+// ADD finds no record, so it tries a create first: one round trip.
 func (c *call) saveEndpoint(ctx context.Context, rec datastore.WorkloadEndpoint) error {
 	key := c.endpointKey()
+	if _, err := c.store.Create(ctx, key, rec); err == nil {
+		return nil
+	} else if !errors.Is(err, datastore.ErrConflict) {
+		return etcdError("write workload endpoint", err)
+	}
 	err := datastore.Retry(ctx, datastore.DefaultRetryPolicy(), func(ctx context.Context) error {
 		obj, err := datastore.Get[datastore.WorkloadEndpoint](ctx, c.store, key)
 		switch {

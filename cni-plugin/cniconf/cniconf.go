@@ -102,24 +102,28 @@ type Logging struct {
 	LogFilePath string `json:"log_file_path,omitempty"` // default DefaultLogFile; "none" disables the file
 }
 
-// Logger returns a JSON logger writing to the log file and to stderr, and a
-// func closing the file. A log file that cannot be opened is reported on
-// stderr and skipped: logging must never fail a CNI call.
+// Logger returns a JSON logger writing the configured level to the log file
+// and warnings and errors to stderr (which runtimes copy into their own logs,
+// so routine lines stay out of them), and a func closing the file. A log file
+// that cannot be opened is reported on stderr and skipped: logging must never
+// fail a CNI call.
 func (l Logging) Logger(stderr io.Writer) (*slog.Logger, func()) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(orDefault(l.LogLevel, "info"))); err != nil {
 		level = slog.LevelInfo
 	}
-	w, closeFn := stderr, func() {}
-	if path := orDefault(l.LogFilePath, DefaultLogFile); path != "none" {
-		f, err := openLog(path)
-		if err != nil {
-			fmt.Fprintf(stderr, "tabby: log file %s: %v\n", path, err)
-		} else {
-			w, closeFn = io.MultiWriter(f, stderr), func() { f.Close() }
-		}
+	toStderr := slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: max(level, slog.LevelWarn)})
+	path := orDefault(l.LogFilePath, DefaultLogFile)
+	if path == "none" {
+		return slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})), func() {}
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), closeFn
+	f, err := openLog(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "tabby: log file %s: %v\n", path, err)
+		return slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})), func() {}
+	}
+	toFile := slog.NewJSONHandler(f, &slog.HandlerOptions{Level: level})
+	return slog.New(slog.NewMultiHandler(toFile, toStderr)), func() { f.Close() }
 }
 
 func openLog(path string) (*os.File, error) {

@@ -79,10 +79,15 @@ func TestLoggerNeverStdoutAndSurvivesBadFile(t *testing.T) {
 		t.Errorf("stderr = %q", stderr.String())
 	}
 	path := filepath.Join(t.TempDir(), "sub", "cni.log")
+	stderr.Reset()
 	logger, done = Logging{LogFilePath: path}.Logger(&stderr)
 	logger.Info("to file")
+	logger.Warn("to both")
 	done()
-	if b, err := os.ReadFile(path); err != nil || !strings.Contains(string(b), "to file") {
+	if b, err := os.ReadFile(path); err != nil || !strings.Contains(string(b), "to file") || !strings.Contains(string(b), "to both") {
 		t.Errorf("log file: %q, %v", b, err)
+	}
+	if strings.Contains(stderr.String(), "to file") || !strings.Contains(stderr.String(), "to both") {
+		t.Errorf("stderr should carry warnings only: %q", stderr.String())
 	}
 }

@@ -33,7 +33,7 @@ type Host struct {
 // NewHost builds an underlay with one node, a real etcd forwarded into the
 // node at 127.0.0.1:2379, and the plugin binaries (ours: the named ones of
 // cmd/, default tabby and tabby-ipam).
-func NewHost(t *testing.T, ours ...string) *Host {
+func NewHost(t testing.TB, ours ...string) *Host {
 	t.Helper()
 	env := netnstest.New(t)
 	u, err := env.NewUnderlay()
@@ -48,7 +48,7 @@ func NewHost(t *testing.T, ours ...string) *Host {
 }
 
 // NewHostOn turns an existing node into a CNI host.
-func NewHostOn(t *testing.T, env *netnstest.Env, node *netnstest.Node, ours ...string) *Host {
+func NewHostOn(t testing.TB, env *netnstest.Env, node *netnstest.Node, ours ...string) *Host {
 	t.Helper()
 	etcd := etcdtest.Start(t, etcdtest.Options{})
 	target, err := url.Parse(etcd.Endpoints()[0])
