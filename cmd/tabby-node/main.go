@@ -20,11 +20,13 @@ When complete it registers the node in etcd, keeps tunl0 and one route per
 remote node block, programs the cali-* filter chains and kube-proxy-compatible
 Service NAT, and garbage-collects leaked addresses.
 
-This build only reports its version: the agent's components are not
-implemented yet.`,
+This build's "run" programs the felix part: the cali-* filter chains
+(workload dispatch, anti-spoofing, natOutgoing) from the workload endpoints,
+IP pools and nodes in etcd. Node registration, the tunnel, Service NAT and
+IPAM GC are not implemented yet.`,
 		SilenceUsage: true,
 	}
-	root.AddCommand(versioncmd.New("tabby-node"))
+	root.AddCommand(versioncmd.New("tabby-node"), newRunCmd(os.Getenv))
 	return root
 }
 

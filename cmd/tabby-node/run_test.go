@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunFlagsFromEnv(t *testing.T) {
+	env := map[string]string{
+		"NODENAME":                          "node-7",
+		"FELIX_IPTABLESBACKEND":             "Legacy",
+		"FELIX_IPTABLESREFRESHINTERVAL":     "30",
+		"FELIX_DEFAULTENDPOINTTOHOSTACTION": "Drop",
+		"ETCD_ENDPOINTS":                    "http://10.0.0.1:2379",
+	}
+	cmd := newRunCmd(func(k string) string { return env[k] })
+	if err := cmd.ParseFlags([]string{"--iptables-post-write-check-interval=2s"}); err != nil {
+		t.Fatal(err)
+	}
+	get := func(name string) string { return cmd.Flags().Lookup(name).Value.String() }
+	for flag, want := range map[string]string{
+		"nodename": "node-7", "iptables-backend": "Legacy", "iptables-refresh-interval": "30s",
+		"default-endpoint-to-host-action": "Drop", "iptables-post-write-check-interval": "2s",
+		"etcd-endpoints": "http://10.0.0.1:2379", "iptables-mark-mask": "0xffff0000", "metrics-addr": "",
+	} {
+		if got := get(flag); got != want {
+			t.Errorf("--%s = %q, want %q", flag, got, want)
+		}
+	}
+}
+
+func TestRunRejectsBadSettings(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{env: map[string]string{"FELIX_IPTABLESREFRESHINTERVAL": "often"}, want: "FELIX_IPTABLESREFRESHINTERVAL"},
+		{args: []string{"--iptables-mark-mask=0xffffc000"}, want: "kube-proxy"},
+		{args: []string{"--default-endpoint-to-host-action=maybe"}, want: "endpoint-to-host"},
+		{args: []string{"--iptables-backend=ebpf"}, want: "backend"},
+		{args: []string{"--log-level=loud"}, want: "log-level"},
+	} {
+		cmd := newRunCmd(func(k string) string { return tc.env[k] })
+		cmd.SetArgs(append(tc.args, "--nodename=n", "--etcd-endpoints=http://127.0.0.1:1"))
+		var out bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetErr(&out)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := cmd.ExecuteContext(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v %v: error %v, want one naming %q", tc.env, tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestHelpIsTruthful(t *testing.T) {
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetArgs([]string{"run", "--help"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"cali-*", "--nodename", "NODENAME", "--iptables-backend", "FELIX_IPTABLESBACKEND", "--etcd-endpoints", "--metrics-addr"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("run --help lacks %q", want)
+		}
+	}
+}
