@@ -32,11 +32,15 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 
 	// A repeated ADD of a healthy attachment returns what it made, untouched
 	// (Calico would allocate a second address here).
-	if res, ok := c.existingResult(ctx); ok {
+	res, err := c.existingResult(ctx)
+	if err != nil {
+		return err // etcd unreachable: re-plumbing a live pod now could lose its address
+	}
+	if res != nil {
 		c.log.Info("ADD repeated: attachment already in place", "hostVeth", res.Interfaces[0].Name)
 		return types.PrintResult(res, c.conf.CNIVersion)
 	}
-	res, err := c.addFresh(ctx)
+	res, err = c.addFresh(ctx)
 	if err != nil {
 		c.log.Error("ADD failed", "error", err)
 		return err
@@ -66,7 +70,7 @@ func (c *call) addFresh(ctx context.Context) (res *current.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	spec := dataplane.Spec{HostVeth: c.hostVeth(), IfName: c.args.IfName, Netns: c.args.Netns, MTU: mtu, IPs: ips}
+	spec := dataplane.Spec{HostVeth: c.hostVeth(), Owner: c.owner(), IfName: c.args.IfName, Netns: c.args.Netns, MTU: mtu, IPs: ips}
 	plumbed, err := dataplane.Setup(spec)
 	if err != nil {
 		return nil, types.NewError(types.ErrInternal, "plumb pod: "+err.Error(), "")
@@ -85,7 +89,7 @@ func (c *call) rollback() {
 	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
 	defer cancel()
 	var errs []error
-	if err := dataplane.Teardown(c.hostVeth()); err != nil {
+	if err := dataplane.Teardown(c.hostVeth(), c.owner()); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.deleteEndpoint(ctx); err != nil {
@@ -102,17 +106,18 @@ func (c *call) rollback() {
 }
 
 // existingResult returns the result of an attachment that is recorded and
-// whose plumbing checks out.
-func (c *call) existingResult(ctx context.Context) (*current.Result, bool) {
+// whose plumbing checks out; nil when ADD has work to do. A record that
+// cannot be read is an error (code 11), not "no attachment".
+func (c *call) existingResult(ctx context.Context) (*current.Result, error) {
 	obj, err := c.loadEndpoint(ctx)
 	if err != nil || obj == nil || obj.Value.HostInterface != c.hostVeth() {
-		return nil, false
+		return nil, err
 	}
 	spec, err := specFromRecord(obj.Value, c.args.Netns)
 	if err != nil || dataplane.Check(spec) != nil {
-		return nil, false
+		return nil, nil
 	}
-	return c.result(spec, obj.Value.MAC), true
+	return c.result(spec, obj.Value.MAC), nil
 }
 
 func (c *call) endpointRecord(s dataplane.Spec, podMAC string) datastore.WorkloadEndpoint {
@@ -128,7 +133,7 @@ func (c *call) endpointRecord(s dataplane.Spec, podMAC string) datastore.Workloa
 }
 
 func specFromRecord(rec datastore.WorkloadEndpoint, netns string) (dataplane.Spec, error) {
-	s := dataplane.Spec{HostVeth: rec.HostInterface, IfName: rec.Interface, Netns: netns}
+	s := dataplane.Spec{HostVeth: rec.HostInterface, Owner: Owner(rec.ContainerID, rec.Interface), IfName: rec.Interface, Netns: netns}
 	for _, cidr := range rec.IPs {
 		ip, _, err := net.ParseCIDR(cidr)
 		if err != nil {

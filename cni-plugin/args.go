@@ -31,11 +31,19 @@ func ParseArgs(s string) (*K8sArgs, error) {
 // HostVethName is Calico's name for the host end of a pod's veth: "cali" and
 // the first 11 hex digits of sha1("<namespace>.<pod>"), 15 characters, so
 // tooling written for Calico keeps working. Without Kubernetes arguments it
-// falls back to the first 11 characters of the container ID.
-func HostVethName(namespace, pod, containerID string) string {
+// falls back to the first 11 characters of the container ID. An interface
+// other than eth0 (a second network, e.g. through Multus) hashes its name in
+// too, so two interfaces of one pod never share a host veth.
+func HostVethName(namespace, pod, containerID, ifname string) string {
+	extra := ""
+	if ifname != "" && ifname != "eth0" {
+		extra = "." + ifname
+	}
 	if namespace != "" && pod != "" {
-		sum := sha1.Sum([]byte(namespace + "." + pod))
-		return "cali" + hex.EncodeToString(sum[:])[:11]
+		return "cali" + sha1Hex(namespace + "." + pod + extra)[:11]
+	}
+	if extra != "" {
+		return "cali" + sha1Hex(containerID + extra)[:11]
 	}
 	id := containerID
 	if len(id) > 11 {
@@ -43,3 +51,13 @@ func HostVethName(namespace, pod, containerID string) string {
 	}
 	return "cali" + id
 }
+
+func sha1Hex(s string) string {
+	sum := sha1.Sum([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// Owner is what ADD writes into the host veth's alias: the attachment it
+// belongs to. DEL, GC and rollback remove a veth only when it is theirs, so
+// a late DEL of a pod's old sandbox never removes the new sandbox's veth.
+func Owner(containerID, ifname string) string { return containerID + "/" + ifname }

@@ -8,16 +8,19 @@ import (
 )
 
 func TestHostVethName(t *testing.T) {
-	tests := []struct{ ns, pod, id, want string }{
+	tests := []struct{ ns, pod, id, ifname, want string }{
 		// echo -n default.nginx | sha1sum → c440f455693b69cd…
-		{"default", "nginx", "abc", "calic440f455693"},
-		{"", "", "0123456789abcdef", "cali0123456789a"},
-		{"", "", "short", "calishort"},
+		{"default", "nginx", "abc", "eth0", "calic440f455693"},
+		{"default", "nginx", "abc", "", "calic440f455693"},
+		// echo -n default.nginx.net1 | sha1sum → fa8993bd678e…
+		{"default", "nginx", "abc", "net1", "califa8993bd678"},
+		{"", "", "0123456789abcdef", "eth0", "cali0123456789a"},
+		{"", "", "short", "eth0", "calishort"},
 	}
 	for _, tt := range tests {
-		got := HostVethName(tt.ns, tt.pod, tt.id)
+		got := HostVethName(tt.ns, tt.pod, tt.id, tt.ifname)
 		if got != tt.want {
-			t.Errorf("HostVethName(%q, %q, %q) = %q, want %q", tt.ns, tt.pod, tt.id, got, tt.want)
+			t.Errorf("HostVethName(%q, %q, %q, %q) = %q, want %q", tt.ns, tt.pod, tt.id, tt.ifname, got, tt.want)
 		}
 		if len(got) > 15 {
 			t.Errorf("%q is longer than IFNAMSIZ-1", got)

@@ -51,7 +51,7 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 
 // specFromPrevResult reads what ADD reported: the pod interface and its IPs.
 func (c *call) specFromPrevResult() (dataplane.Spec, error) {
-	spec := dataplane.Spec{HostVeth: c.hostVeth(), IfName: c.args.IfName, Netns: c.args.Netns}
+	spec := dataplane.Spec{HostVeth: c.hostVeth(), Owner: c.owner(), IfName: c.args.IfName, Netns: c.args.Netns}
 	if err := version.ParsePrevResult(&c.conf.PluginConf); err != nil {
 		return spec, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
 	}

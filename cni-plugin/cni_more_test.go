@@ -297,3 +297,73 @@ func TestSpecificIPFromCNIArgs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTwoSandboxesOfOnePod: kubelet replaced a pod's sandbox; the old
+// sandbox's DEL arrives after the new one's ADD and must not break it.
+func TestTwoSandboxesOfOnePod(t *testing.T) {
+	h := cnitest.NewHost(t, "tabby")
+	l := confList(t, "1.0.0", tabbyPlugin(h))
+	old := h.NewPod(t, "default", "web")
+	if _, err := h.Add(l, old.RT); err != nil {
+		t.Fatal(err)
+	}
+	fresh := h.NewPod(t, "default", "web-new")
+	fresh.RT.ContainerID = "ctr-web-sandbox-2"
+	fresh.RT.Args = old.RT.Args // same pod, same host veth name
+	res, err := h.Add(l, fresh.RT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Del(l, old.RT); err != nil {
+		t.Fatalf("late DEL of the old sandbox: %v", err)
+	}
+	if err := h.Check(l, fresh.RT); err != nil {
+		t.Fatalf("the new sandbox was damaged by the old one's DEL: %v", err)
+	}
+	assertAttached(t, h, fresh, podIP(t, res))
+	if err := h.Del(l, fresh.RT); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, h)
+}
+
+// TestTwoInterfacesInOnePod: eth0 and net1 (a second network) each get
+// their own host veth; removing one leaves the other.
+func TestTwoInterfacesInOnePod(t *testing.T) {
+	h := cnitest.NewHost(t, "tabby")
+	l := confList(t, "1.0.0", tabbyPlugin(h))
+	p := h.NewPod(t, "default", "multi")
+	second := *p.RT
+	second.IfName = "net1"
+	if _, err := h.Add(l, p.RT); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Add(l, &second); err != nil {
+		t.Fatalf("ADD net1: %v", err)
+	}
+	if err := h.Check(l, p.RT); err != nil {
+		t.Fatalf("eth0 after adding net1: %v", err)
+	}
+	if err := h.Del(l, &second); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Check(l, p.RT); err != nil {
+		t.Fatalf("eth0 after removing net1: %v", err)
+	}
+	if err := h.Del(l, p.RT); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, h)
+}
+
+func TestStatusWithoutANodeNameIsNotAvailable(t *testing.T) {
+	h := cnitest.NewHost(t, "tabby")
+	plugin := tabbyPlugin(h)
+	delete(plugin, "nodename")
+	plugin["nodename_file"] = filepath.Join(h.Dir, "no-such-file")
+	err := h.Status(confList(t, "1.1.0", plugin))
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != types.ErrPluginNotAvailable || !strings.Contains(e.Msg, "tabby-node has not started") {
+		t.Fatalf("STATUS = %v, want code 50", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/tabbynet/tabby/cni-plugin/dataplane"
 )
@@ -31,8 +32,15 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if obj != nil && obj.Value.HostInterface != "" {
 		hostVeth = obj.Value.HostInterface // the record knows best, even if CNI_ARGS changed
 	}
-	if err := dataplane.Teardown(hostVeth); err != nil {
-		c.log.Warn("DEL: removing the host veth failed; continuing", "hostVeth", hostVeth, "error", err)
+	// The pod end inside the sandbox is surely ours; the host end only if it
+	// still carries our alias (a newer sandbox of the pod may own the name).
+	if err := dataplane.DeletePodLink(args.Netns, args.IfName); err != nil {
+		return types.NewError(types.ErrTryAgainLater, "DEL: "+err.Error(), "")
+	}
+	if err := dataplane.Teardown(hostVeth, c.owner()); err != nil {
+		// Releasing the address now would let the next pod get an address
+		// still routed to this veth; keep everything and let the runtime retry.
+		return types.NewError(types.ErrTryAgainLater, "DEL: "+err.Error(), "")
 	}
 	// Release before forgetting the record: if the release fails, the record
 	// still shows the IPAM GC what to reclaim, and the runtime retries DEL.

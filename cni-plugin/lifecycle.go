@@ -14,13 +14,17 @@ import (
 	"github.com/tabbynet/tabby/datastore"
 )
 
-// status answers "can this plugin set up pods now?": code 50 unless etcd
-// answers and tabby-node has said it is ready.
+// status answers "can this plugin set up pods now?": code 50 unless
+// tabby-node has said it is ready (and named the node), etcd answers, and
+// the IPAM plugin says it is available too.
 func (p *plugin) status(args *skel.CmdArgs) error {
-	c, err := p.begin(args)
+	c, err := p.beginLenient(args)
 	defer c.close()
 	if err != nil {
 		return err
+	}
+	if c.nodeErr != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "tabby-node has not started on this node", c.nodeErr.Error())
 	}
 	ready := c.conf.ReadinessFile
 	if ready == "" {
@@ -34,6 +38,9 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 	defer cancel()
 	if err := c.store.Ping(ctx); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "etcd is unreachable", err.Error())
+	}
+	if err := invoke.DelegateStatus(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+		return c.ipamError("STATUS", err)
 	}
 	return nil
 }
@@ -67,7 +74,7 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 		if r.Network != c.conf.Name || valid[r.ContainerID+"/"+r.Interface] {
 			continue
 		}
-		if err := dataplane.Teardown(r.HostInterface); err != nil {
+		if err := dataplane.Teardown(r.HostInterface, Owner(r.ContainerID, r.Interface)); err != nil {
 			errs = append(errs, err)
 		}
 		if err := c.deleteEndpointAt(ctx, obj.Key); err != nil {

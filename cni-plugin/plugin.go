@@ -77,19 +77,29 @@ func (p *plugin) guard(verb string, fn func(*skel.CmdArgs) error) func(*skel.Cmd
 
 // call is one verb's parsed input and resources.
 type call struct {
-	args  *skel.CmdArgs
-	conf  *NetConf
-	k8s   *K8sArgs
-	node  string
-	log   *slog.Logger
-	store *datastore.Client
-	done  []func()
+	args    *skel.CmdArgs
+	conf    *NetConf
+	k8s     *K8sArgs
+	node    string
+	nodeErr error // set instead of failing when the verb can live without a node
+	log     *slog.Logger
+	store   *datastore.Client
+	done    []func()
 }
 
 // begin parses the configuration and arguments, resolves the node and opens
 // the datastore. The etcd client connects lazily: an unreachable etcd shows
 // up on the first request, bounded by the configured timeout.
 func (p *plugin) begin(args *skel.CmdArgs) (*call, error) {
+	c, err := p.beginLenient(args)
+	if err == nil && c.nodeErr != nil {
+		err = types.NewError(types.ErrInvalidNetworkConfig, c.nodeErr.Error(), "")
+	}
+	return c, err
+}
+
+// beginLenient is begin for verbs that answer without a node name (STATUS).
+func (p *plugin) beginLenient(args *skel.CmdArgs) (*call, error) {
 	conf, err := ParseConf(args.StdinData)
 	if err != nil {
 		return nil, err
@@ -102,9 +112,7 @@ func (p *plugin) begin(args *skel.CmdArgs) (*call, error) {
 	if c.k8s, err = ParseArgs(args.Args); err != nil {
 		return c, err
 	}
-	if c.node, err = conf.Node.Resolve(p.getenv); err != nil {
-		return c, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
-	}
+	c.node, c.nodeErr = conf.Node.Resolve(p.getenv)
 	dsConf, err := conf.Etcd.DatastoreConfig(p.getenv)
 	if err != nil {
 		return c, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
@@ -128,8 +136,11 @@ func (c *call) close() {
 
 // hostVeth is the name of this attachment's host interface.
 func (c *call) hostVeth() string {
-	return HostVethName(string(c.k8s.K8S_POD_NAMESPACE), string(c.k8s.K8S_POD_NAME), c.args.ContainerID)
+	return HostVethName(string(c.k8s.K8S_POD_NAMESPACE), string(c.k8s.K8S_POD_NAME), c.args.ContainerID, c.args.IfName)
 }
+
+// owner names this attachment in its host veth's alias.
+func (c *call) owner() string { return Owner(c.args.ContainerID, c.args.IfName) }
 
 // endpointKey is where this attachment's workload endpoint record lives.
 func (c *call) endpointKey() string {

@@ -30,6 +30,9 @@ func Check(s Spec) error {
 	if err != nil {
 		return fmt.Errorf("host interface %s: %w", s.HostVeth, err)
 	}
+	if alias := host.Attrs().Alias; s.Owner != "" && alias != s.Owner {
+		add("host interface %s belongs to %q, not to %q", s.HostVeth, alias, s.Owner)
+	}
 	checkHostLink(host, add)
 	checkHostRoutes(h, host, s.IPs, add)
 
@@ -39,10 +42,12 @@ func Check(s Spec) error {
 		return errors.Join(problems...)
 	}
 	defer podNS.Close()
-	_ = podNS.Do(func(ns.NetNS) error {
+	if err := podNS.Do(func(ns.NetNS) error {
 		checkPodSide(s, add)
 		return nil
-	})
+	}); err != nil {
+		add("enter pod netns %s: %w", s.Netns, err)
+	}
 	return errors.Join(problems...)
 }
 
@@ -111,6 +116,9 @@ func checkPodSide(s Spec, add reporter) {
 		if want := hostNet(ip).String(); !have[want] {
 			add("pod interface %s lacks address %s (has %v)", s.IfName, want, keys(have))
 		}
+	}
+	if other, err := defaultRouteLink(); err == nil && other != 0 && other != link.Attrs().Index {
+		return // a second interface: the first one owns the default route
 	}
 	routes, err := netlink.RouteList(link, netlink.FAMILY_V4)
 	if err != nil {

@@ -30,6 +30,7 @@ func Gateway() net.IP { return net.IPv4(169, 254, 1, 1).To4() }
 // Spec is the desired plumbing of one pod interface.
 type Spec struct {
 	HostVeth string   // cali + 11 hex
+	Owner    string   // the attachment ("<containerID>/<ifname>"), kept in the host veth's alias
 	IfName   string   // the pod-side name the runtime asked for
 	Netns    string   // path of the pod's network namespace
 	MTU      int      // both ends
@@ -61,10 +62,17 @@ func Setup(s Spec) (*Plumbed, error) {
 	}
 	defer podNS.Close()
 
+	// A host veth of this name is either this attachment's, left by an ADD
+	// that crashed, or a stale one of an earlier sandbox of the same pod:
+	// both are replaced. Only our own pair may already hold IfName in the pod.
+	ours, err := ownedBy(h, s.HostVeth, s.Owner)
+	if err != nil {
+		return nil, err
+	}
 	if err := deleteLinkIfExists(h, s.HostVeth); err != nil {
 		return nil, fmt.Errorf("replace stale %s: %w", s.HostVeth, err)
 	}
-	if err := podNS.Do(func(ns.NetNS) error { return deleteStalePodLink(s.IfName) }); err != nil {
+	if err := podNS.Do(func(ns.NetNS) error { return checkPodIfNameFree(s.IfName, ours) }); err != nil {
 		return nil, err
 	}
 	veth := &netlink.Veth{
@@ -74,6 +82,9 @@ func Setup(s Spec) (*Plumbed, error) {
 	}
 	if err := h.LinkAdd(veth); err != nil {
 		return nil, fmt.Errorf("create veth %s <-> %s: %w", s.HostVeth, s.IfName, err)
+	}
+	if err := h.LinkSetAlias(veth, s.Owner); err != nil {
+		return nil, fmt.Errorf("tag %s with its owner: %w", s.HostVeth, err)
 	}
 	host, err := setupHostSide(h, s)
 	if err != nil {
@@ -150,12 +161,34 @@ func setupPodSide(s Spec) (net.HardwareAddr, error) {
 		return nil, fmt.Errorf("set pod %s up: %w", s.IfName, err)
 	}
 	idx := link.Attrs().Index
+	if other, err := defaultRouteLink(); err != nil {
+		return nil, err
+	} else if other != 0 && other != idx {
+		// Another interface (the pod's first network) already has the
+		// default route: a second interface gets its addresses only.
+		return link.Attrs().HardwareAddr, nil
+	}
 	for _, r := range podRoutes(idx) {
 		if err := netlink.RouteReplace(r); err != nil {
 			return nil, fmt.Errorf("pod route %s: %w", r, err)
 		}
 	}
 	return link.Attrs().HardwareAddr, nil
+}
+
+// defaultRouteLink returns the interface of the namespace's IPv4 default
+// route, 0 when there is none.
+func defaultRouteLink() (int, error) {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return 0, fmt.Errorf("list pod routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			return r.LinkIndex, nil
+		}
+	}
+	return 0, nil
 }
 
 // podRoutes: 169.254.1.1 is on-link, and everything goes through it.
@@ -181,15 +214,44 @@ func hostRoute(idx int, ip net.IP) *netlink.Route {
 		Protocol: rtproto.Workload, Table: unix.RT_TABLE_MAIN}
 }
 
-// Teardown removes the host end (the pod end and the routes go with it). A
-// link that is already gone is not an error: DEL must be idempotent.
-func Teardown(hostVeth string) error {
+// Teardown removes the host end of owner's veth (the pod end and the routes
+// go with it). A link that is already gone, or that now belongs to another
+// attachment (the pod's new sandbox), is left alone and is not an error:
+// DEL must be idempotent and must never break a live pod.
+func Teardown(hostVeth, owner string) error {
 	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	return deleteLinkIfExists(h, hostVeth)
+	link, err := h.LinkByName(hostVeth)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find %s: %w", hostVeth, err)
+	}
+	if alias := link.Attrs().Alias; alias != "" && alias != owner {
+		return nil
+	}
+	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %s: %w", hostVeth, err)
+	}
+	return nil
+}
+
+// ownedBy reports whether the host veth exists and carries owner's alias.
+func ownedBy(h netlinksafe.Handle, hostVeth, owner string) (bool, error) {
+	link, err := h.LinkByName(hostVeth)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("find %s: %w", hostVeth, err)
+	}
+	return link.Attrs().Alias == owner, nil
 }
 
 func deleteLinkIfExists(h netlinksafe.Handle, name string) error {
@@ -207,9 +269,11 @@ func deleteLinkIfExists(h netlinksafe.Handle, name string) error {
 	return nil
 }
 
-// deleteStalePodLink removes a veth left in the pod by an earlier, failed
-// ADD; any other kind of interface under that name is an error.
-func deleteStalePodLink(name string) error {
+// checkPodIfNameFree runs in the pod: the name must be free, unless it is
+// the pod end of our own pair (then deleting the host end, which Setup has
+// just done, already removed it). The CNI spec forbids taking over an
+// interface someone else created.
+func checkPodIfNameFree(name string, ourPair bool) error {
 	link, err := netlink.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
@@ -218,13 +282,36 @@ func deleteStalePodLink(name string) error {
 	if err != nil {
 		return fmt.Errorf("find pod %s: %w", name, err)
 	}
-	if link.Type() != "veth" {
-		return fmt.Errorf("pod already has a %s interface named %s", link.Type(), name)
+	if ourPair && link.Type() == "veth" {
+		if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("delete our stale pod %s: %w", name, err)
+		}
+		return nil
 	}
-	if err := netlink.LinkDel(link); err != nil {
-		return fmt.Errorf("delete stale pod %s: %w", name, err)
+	return fmt.Errorf("pod already has a %s interface named %s that this attachment did not create", link.Type(), name)
+}
+
+// DeletePodLink removes the named interface inside the pod's namespace, if
+// both still exist: the one deletion that is surely this attachment's.
+func DeletePodLink(netnsPath, ifname string) error {
+	if netnsPath == "" {
+		return nil
 	}
-	return nil
+	podNS, err := ns.GetNS(netnsPath)
+	if err != nil {
+		return nil // the sandbox is gone, and its interfaces with it
+	}
+	defer podNS.Close()
+	return podNS.Do(func(ns.NetNS) error {
+		link, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return nil
+		}
+		if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("delete pod %s: %w", ifname, err)
+		}
+		return nil
+	})
 }
 
 func hostNet(ip net.IP) *net.IPNet {

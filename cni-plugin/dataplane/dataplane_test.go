@@ -36,7 +36,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	return &fixture{node: node, pod: pod, spec: Spec{
-		HostVeth: "calitest0000001", IfName: "eth0", Netns: pod.Path(), MTU: 1480,
+		HostVeth: "calitest0000001", Owner: "ctr1/eth0", IfName: "eth0", Netns: pod.Path(), MTU: 1480,
 		IPs: []net.IP{net.ParseIP("10.244.0.5").To4()},
 	}}
 }
@@ -70,8 +70,11 @@ func TestSetupCheckTeardown(t *testing.T) {
 		t.Fatalf("node -> pod: %v\n%s", err, out)
 	}
 
-	f.onHost(t, func() error { return Teardown(f.spec.HostVeth) })
-	f.onHost(t, func() error { return Teardown(f.spec.HostVeth) }) // idempotent
+	// Another attachment's teardown (a late DEL of an old sandbox) leaves it alone.
+	f.onHost(t, func() error { return Teardown(f.spec.HostVeth, "old-sandbox/eth0") })
+	f.onHost(t, func() error { return Check(f.spec) })
+	f.onHost(t, func() error { return Teardown(f.spec.HostVeth, f.spec.Owner) })
+	f.onHost(t, func() error { return Teardown(f.spec.HostVeth, f.spec.Owner) }) // idempotent
 	if _, err := f.pod.Netlink().LinkByName("eth0"); err == nil {
 		t.Error("pod eth0 survived Teardown")
 	}
@@ -101,7 +104,7 @@ func TestSetupRefusesAnAddressRoutedToAnotherLiveInterface(t *testing.T) {
 	f := newFixture(t)
 	f.onHost(t, func() error { _, err := Setup(f.spec); return err })
 	other := f.spec
-	other.HostVeth, other.Netns = "calitest0000002", f.pod.Path()
+	other.HostVeth, other.Owner, other.Netns = "calitest0000002", "ctr2/eth0", f.pod.Path()
 	var err error
 	_ = f.node.Do(func() error { _, err = Setup(other); return nil })
 	if err == nil || !strings.Contains(err.Error(), "already routed to calitest0000001") {
@@ -118,4 +121,18 @@ func TestSetupReplacesStaleLinks(t *testing.T) {
 	// A second Setup (a retried ADD after a crash) replaces both ends.
 	f.onHost(t, func() error { _, err := Setup(f.spec); return err })
 	f.onHost(t, func() error { return Check(f.spec) })
+}
+
+func TestSetupRefusesAnInterfaceItDidNotCreate(t *testing.T) {
+	f := newFixture(t)
+	f.onHost(t, func() error { _, err := Setup(f.spec); return err })
+	// A second attachment asks for the same pod interface name: not its own.
+	other := f.spec
+	other.HostVeth, other.Owner, other.IPs = "calitest0000003", "ctr3/eth0", []net.IP{net.ParseIP("10.244.0.6").To4()}
+	var err error
+	_ = f.node.Do(func() error { _, err = Setup(other); return nil })
+	if err == nil || !strings.Contains(err.Error(), "this attachment did not create") {
+		t.Fatalf("Setup over a foreign eth0 = %v", err)
+	}
+	f.onHost(t, func() error { return Check(f.spec) }) // the first pod is untouched
 }

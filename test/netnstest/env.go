@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -87,6 +88,16 @@ func (e *Env) NewNS(role string) (*NS, error) {
 	e.nss = append(e.nss, n)
 	e.mu.Unlock()
 	return n, nil
+}
+
+// DeleteNS removes one namespace now (a runtime destroying a sandbox),
+// killing what runs inside it.
+func (e *Env) DeleteNS(n *NS) error {
+	e.mu.Lock()
+	e.nss = slices.DeleteFunc(e.nss, func(x *NS) bool { return x == n })
+	e.mu.Unlock()
+	n.close()
+	return deleteNS(n.Name)
 }
 
 // Veth connects two namespaces with a veth pair (both ends up).
