@@ -47,6 +47,8 @@ type Agent struct {
 
 	state        state
 	tunnelAddr   netip.Addr
+	recheckAddr  bool // ask IPAM again at the next sync (set by resync)
+	releasedOnce bool
 	lastProblems string
 }
 
@@ -69,7 +71,8 @@ func NewAgent(cfg AgentConfig, store *datastore.Client, nl netlinksafe.Handle, a
 func (a *Agent) Synced() <-chan struct{} { return a.synced }
 
 // Run watches and applies until ctx ends. It returns early only for what
-// retrying cannot fix: a pool needs IPIP and the kernel has none.
+// retrying cannot fix: a route needs IPIP and the kernel has none, or a
+// watch ended (the datastore client was closed).
 func (a *Agent) Run(ctx context.Context) error {
 	k := a.store.Keys()
 	nodes, pools, blocks := a.store.Watch(ctx, k.Nodes(), 0), a.store.Watch(ctx, k.IPPools(), 0), a.store.Watch(ctx, k.Blocks(), 0)
@@ -77,19 +80,34 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer resync.Stop()
 	apply := time.NewTimer(time.Hour)
 	apply.Stop()
+	pending := false // an apply is armed: later updates ride along, never postpone it
+	arm := func(d time.Duration) {
+		if !pending {
+			pending = true
+			apply.Reset(d)
+		}
+	}
 	backoff := 100 * time.Millisecond
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case u := <-nodes:
-			a.state.update(kindNodes, u, a.log)
-		case u := <-pools:
-			a.state.update(kindPools, u, a.log)
-		case u := <-blocks:
-			a.state.update(kindBlocks, u, a.log)
+		case u, ok := <-nodes:
+			if !a.take(kindNodes, u, ok) {
+				return ctx.Err()
+			}
+		case u, ok := <-pools:
+			if !a.take(kindPools, u, ok) {
+				return ctx.Err()
+			}
+		case u, ok := <-blocks:
+			if !a.take(kindBlocks, u, ok) {
+				return ctx.Err()
+			}
 		case <-resync.C:
+			a.recheckAddr = true
 		case <-apply.C:
+			pending = false
 			if !a.state.complete() {
 				continue
 			}
@@ -99,19 +117,31 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			if err != nil {
 				a.log.Error("tunnel sync failed; retrying", "error", err, "in", backoff)
-				apply.Reset(backoff)
+				arm(backoff)
 				backoff = min(backoff*2, 10*time.Second)
 				continue
 			}
 			backoff = 100 * time.Millisecond
 			continue
 		}
-		apply.Reset(a.cfg.Coalesce)
+		arm(a.cfg.Coalesce)
 	}
 }
 
+// take stores a watch update; false when the watch has ended.
+func (a *Agent) take(k kind, u datastore.WatchUpdate, ok bool) bool {
+	if !ok {
+		a.log.Error("a datastore watch ended; stopping the tunnel agent")
+		return false
+	}
+	a.state.update(k, u, a.log)
+	return true
+}
+
 // sync programs device, address and routes from the current state, in that
-// order (routes via tunl0 need tunl0).
+// order (routes via tunl0 need tunl0). Routes are applied even when the
+// device or its address could not be set up: blackholes and direct routes
+// do not need them.
 func (a *Agent) sync(ctx context.Context) error {
 	start := time.Now()
 	in, problems := BuildInput(a.cfg.Node, a.state.nodeList(), a.state.poolList(), a.state.blockList())
@@ -121,16 +151,17 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	routes, more := Desired(in)
 	problems = append(problems, more...)
-	if err := a.syncDevice(ctx, a.state.needsIPIP()); err != nil {
-		return err
+	devErr := a.syncDevice(ctx, NeedsIPIP(routes))
+	if errors.Is(devErr, ErrNoIPIP) {
+		return devErr
 	}
 	res, err := a.applier.Apply(routes)
 	if len(res.Conflicts) > 0 {
 		problems = append(problems, "destinations held by routes that are not ours: "+strings.Join(res.Conflicts, ", "))
 	}
 	a.reportProblems(problems)
-	if err != nil {
-		return fmt.Errorf("apply routes: %w", err)
+	if err = errors.Join(devErr, err); err != nil {
+		return fmt.Errorf("tunnel sync: %w", err)
 	}
 	if res.Changed() {
 		a.log.Info("routes programmed", "added", res.Added, "replaced", res.Replaced, "deleted", res.Deleted,
@@ -145,8 +176,9 @@ func (a *Agent) sync(ctx context.Context) error {
 	return nil
 }
 
-// syncDevice gives tunl0 the tunnel address while some pool encapsulates,
-// and takes it away (address and allocation) when none does.
+// syncDevice gives tunl0 the tunnel address while some route encapsulates,
+// and takes both away (address, allocation, device up) when none does: an
+// up tunl0 would decapsulate IPIP from anyone.
 func (a *Agent) syncDevice(ctx context.Context, ipip bool) error {
 	if !ipip {
 		if _, err := a.nl.LinkByName(Tunl0); err == nil {
@@ -154,17 +186,22 @@ func (a *Agent) syncDevice(ctx context.Context, ipip bool) error {
 				return err
 			}
 		}
-		if a.tunnelAddr.IsValid() {
+		// Release unconditionally once: a previous run may have left one.
+		if a.tunnelAddr.IsValid() || !a.releasedOnce {
 			if err := a.addrs.ReleaseTunnelAddress(ctx, a.cfg.Node); err != nil {
 				return fmt.Errorf("release tunnel address: %w", err)
 			}
-			a.tunnelAddr = netip.Addr{}
+			a.tunnelAddr, a.releasedOnce = netip.Addr{}, true
 		}
 		return nil
 	}
-	addr, err := a.addrs.EnsureTunnelAddress(ctx, a.cfg.Node)
-	if err != nil {
-		return fmt.Errorf("tunnel address: %w", err)
+	addr := a.tunnelAddr
+	if !addr.IsValid() || a.recheckAddr {
+		var err error
+		if addr, err = a.addrs.EnsureTunnelAddress(ctx, a.cfg.Node); err != nil {
+			return fmt.Errorf("tunnel address: %w", err)
+		}
+		a.recheckAddr = false
 	}
 	if err := EnsureTunl0(a.nl, a.cfg.TunnelMTU, addr); err != nil {
 		return err

@@ -168,6 +168,12 @@ func TestAgentSaysWhenTheKernelHasNoIPIP(t *testing.T) {
 	}
 	c := newCluster(t, datastore.IPIPAlways)
 	c.claim(t, "10.244.0.0/26", "node-a")
+	// A peer whose block must be reached over IPIP.
+	c.claim(t, "10.244.0.64/26", "node-b")
+	if _, err := c.store.Create(context.Background(), c.store.Keys().Node("node-b"),
+		datastore.Node{Name: "node-b", IPv4Address: "192.168.10.99/24"}); err != nil {
+		t.Fatal(err)
+	}
 	n, err := c.u.AddNode("node-a", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -180,4 +186,33 @@ func TestAgentSaysWhenTheKernelHasNoIPIP(t *testing.T) {
 	if err := ag.Run(ctx); !errors.Is(err, ErrNoIPIP) {
 		t.Fatalf("Run = %v, want ErrNoIPIP", err)
 	}
+}
+
+// TestAgentAppliesUnderSteadyChurn: block writes every 10 ms (IPAM during
+// pod churn) must not postpone applying forever.
+func TestAgentAppliesUnderSteadyChurn(t *testing.T) {
+	c := newCluster(t, datastore.IPIPNever)
+	c.claim(t, "10.244.0.0/26", "node-a")
+	c.claim(t, "10.244.0.64/26", "node-b")
+	a, agentA := c.startNode(t, "node-a", time.Hour)
+	b, _ := c.startNode(t, "node-b", time.Hour)
+	<-agentA.Synced()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // churn: rewrite a block of a over and over
+		key := c.store.Keys().Block(netip.MustParsePrefix("10.244.0.0/26"))
+		for i := 0; ctx.Err() == nil; i++ {
+			obj, err := datastore.Get[datastore.Block](ctx, c.store, key)
+			if err == nil {
+				obj.Value.SequenceNumber = uint64(i)
+				_, _ = c.store.Update(ctx, key, obj.Value, obj.Revision)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	c.claim(t, "10.244.0.128/26", "node-b")
+	took := waitRoutes(t, a, []string{"10.244.0.128/26 via " + b.Addr.Addr().String(),
+		"10.244.0.64/26 via " + b.Addr.Addr().String(), "blackhole 10.244.0.0/26"}, 5*time.Second)
+	t.Logf("routed %v after the claim, with a block write every 10 ms", took)
 }

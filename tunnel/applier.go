@@ -57,6 +57,10 @@ func (a *Applier) Apply(desired []Route) (ApplyResult, error) {
 	}
 	var errs []error
 	for _, want := range desired {
+		// Whatever happens below, a route of ours on a wanted destination is
+		// not stale: it must not be swept at the end.
+		have, exists := ours[want.Dst]
+		delete(ours, want.Dst)
 		if foreign[want.Dst] {
 			res.Conflicts = append(res.Conflicts, want.Dst.String())
 			continue
@@ -66,8 +70,6 @@ func (a *Applier) Apply(desired []Route) (ApplyResult, error) {
 			errs = append(errs, err)
 			continue
 		}
-		have, exists := ours[want.Dst]
-		delete(ours, want.Dst)
 		if exists && sameRoute(have, nr) {
 			continue
 		}

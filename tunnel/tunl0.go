@@ -16,8 +16,8 @@ import (
 var ErrNoIPIP = errors.New("this kernel has no IPIP support (CONFIG_NET_IPIP / the ipip module): pools with ipipMode Always or CrossSubnet cannot work here")
 
 // EnsureTunl0 makes tunl0 exist, be up with the given MTU, and carry exactly
-// addr as a /32 — or no address at all when addr is not valid (every pool is
-// Never).
+// addr as a /32 — or, when addr is not valid (nothing encapsulates), no
+// address and down, so it decapsulates nothing.
 func EnsureTunl0(nl netlinksafe.Handle, mtu int, addr netip.Addr) error {
 	link, err := nl.LinkByName(Tunl0)
 	if err != nil {
@@ -33,6 +33,12 @@ func EnsureTunl0(nl netlinksafe.Handle, mtu int, addr netip.Addr) error {
 	}
 	if err := setOnlyAddress(nl, link, addr); err != nil {
 		return err
+	}
+	if !addr.IsValid() {
+		if err := nl.LinkSetDown(link); err != nil {
+			return fmt.Errorf("set %s down: %w", Tunl0, err)
+		}
+		return nil
 	}
 	if err := nl.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", Tunl0, err)

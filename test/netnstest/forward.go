@@ -56,10 +56,26 @@ func (f *Forwarder) accept() {
 		if !f.track(in, out) {
 			return
 		}
-		f.wg.Add(2)
-		go f.pipe(in, out)
-		go f.pipe(out, in)
+		f.wg.Add(1)
+		go f.relay(in, out)
 	}
+}
+
+// relay copies both ways until both directions end, then closes and forgets
+// the pair, so long-lived forwarders do not accumulate dead connections.
+func (f *Forwarder) relay(in, out net.Conn) {
+	defer f.wg.Done()
+	var pair sync.WaitGroup
+	pair.Add(2)
+	go func() { defer pair.Done(); pipe(in, out) }()
+	go func() { defer pair.Done(); pipe(out, in) }()
+	pair.Wait()
+	in.Close()
+	out.Close()
+	f.mu.Lock()
+	delete(f.conns, in)
+	delete(f.conns, out)
+	f.mu.Unlock()
 }
 
 // track remembers a connection pair so Close can end it; false once closed.
@@ -78,8 +94,7 @@ func (f *Forwarder) track(cs ...net.Conn) bool {
 	return true
 }
 
-func (f *Forwarder) pipe(dst, src net.Conn) {
-	defer f.wg.Done()
+func pipe(dst, src net.Conn) {
 	_, _ = io.Copy(dst, src)
 	// Half-close so the other direction can finish; then forget both ends.
 	if tc, ok := dst.(*net.TCPConn); ok {
