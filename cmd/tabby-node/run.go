@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -16,17 +14,17 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/tabbynet/tabby/cmd/internal/etcdflags"
 	"github.com/tabbynet/tabby/datastore"
-	"github.com/tabbynet/tabby/felix/agent"
 	"github.com/tabbynet/tabby/felix/cmdrun"
 	"github.com/tabbynet/tabby/felix/dataplane"
 	"github.com/tabbynet/tabby/felix/iptables"
 	"github.com/tabbynet/tabby/felix/rules"
+	"github.com/tabbynet/tabby/ipam"
+	"github.com/tabbynet/tabby/nodeagent"
 )
 
 // runFlags are the settings of `tabby-node run`; defaults come from the
@@ -40,9 +38,13 @@ type runFlags struct {
 	lockWait       time.Duration
 	markMask       string
 	endpointToHost string
-	metricsAddr    string
 	logLevel       string
 	envErrs        []error
+	agent          nodeagent.Config
+	poolCIDR       string
+	poolIPIP       string
+	poolNAT        bool
+	felix          bool
 }
 
 func bindRunFlags(fs *pflag.FlagSet, getenv func(string) string) *runFlags {
@@ -78,10 +80,49 @@ func bindRunFlags(fs *pflag.FlagSet, getenv func(string) string) *runFlags {
 		"packet mark bits felix may use; must avoid kube-proxy's 0xc000 (env FELIX_IPTABLESMARKMASK)")
 	fs.StringVar(&f.endpointToHost, "default-endpoint-to-host-action", str("FELIX_DEFAULTENDPOINTTOHOSTACTION", rules.DefaultEndpointToHost),
 		"verdict for pod-to-own-node traffic: ACCEPT, DROP or RETURN (env FELIX_DEFAULTENDPOINTTOHOSTACTION)")
-	fs.StringVar(&f.metricsAddr, "metrics-addr", str("TABBY_METRICS_ADDR", ""),
-		`serve Prometheus metrics on this address, e.g. ":9091"; empty: off (env TABBY_METRICS_ADDR)`)
 	fs.StringVar(&f.logLevel, "log-level", str("FELIX_LOGSEVERITYSCREEN", "info"), "debug, info, warn or error (env FELIX_LOGSEVERITYSCREEN)")
+	bindAgentFlags(fs, f, str, dur, getenv)
 	return f
+}
+
+// bindAgentFlags binds what is not felix's: the node, the tunnel, IPAM and health.
+func bindAgentFlags(fs *pflag.FlagSet, f *runFlags, str func(string, string) string, dur func(string, time.Duration) time.Duration, getenv func(string) string) {
+	a := &f.agent
+	fs.StringVar(&a.IP, "ip", str("IP", "autodetect"), "this node's underlay address as <ip>/<prefix>, or autodetect (env IP)")
+	fs.StringVar(&a.IPAutodetectionMethod, "ip-autodetection-method", str("IP_AUTODETECTION_METHOD", "first-found"),
+		"first-found, interface=<regex>, can-reach=<ip> (env IP_AUTODETECTION_METHOD)")
+	fs.StringVar(&a.StateDir, "state-dir", str("TABBY_STATE_DIR", nodeagent.DefaultStateDir),
+		"where the node name, pod MTU and readiness files for the CNI plugin go (env TABBY_STATE_DIR)")
+	fs.DurationVar(&a.NodeTTL, "node-ttl", dur("TABBY_NODE_TTL", nodeagent.DefaultNodeTTL),
+		"lease of the node record: other nodes drop routes to this node this long after the agent is gone (env TABBY_NODE_TTL)")
+	fs.IntVar(&a.TunnelMTU, "tunnel-mtu", atoiOr(getenv("FELIX_IPINIPMTU"), 0), "tunl0 MTU; 0: underlay MTU - 20 (env FELIX_IPINIPMTU)")
+	fs.DurationVar(&a.RouteRefresh, "route-refresh-interval", dur("FELIX_ROUTEREFRESHINTERVAL", 90*time.Second),
+		"full re-apply of the tunnel routes that repairs drift (env FELIX_ROUTEREFRESHINTERVAL)")
+	fs.BoolVar(&a.Tunnel, "tunnel", str("TABBY_TUNNEL", "true") == "true", "run the tunnel (tunl0 and routes to other nodes' blocks) (env TABBY_TUNNEL)")
+	fs.BoolVar(&f.felix, "felix", str("TABBY_FELIX", "true") == "true", "run felix (the cali-* iptables chains) (env TABBY_FELIX)")
+	fs.StringVar(&f.poolCIDR, "default-ipv4-pool-cidr", str("CALICO_IPV4POOL_CIDR", "10.244.0.0/16"),
+		`pool created on first start when none exists; "none" for none (env CALICO_IPV4POOL_CIDR)`)
+	fs.IntVar(&a.DefaultPool.BlockSize, "default-ipv4-pool-block-size", atoiOr(getenv("CALICO_IPV4POOL_BLOCK_SIZE"), 26),
+		"block size of the default pool (env CALICO_IPV4POOL_BLOCK_SIZE)")
+	fs.StringVar(&f.poolIPIP, "default-ipv4-pool-ipip", str("CALICO_IPV4POOL_IPIP", "Always"),
+		"ipipMode of the default pool: Always, CrossSubnet or Never (env CALICO_IPV4POOL_IPIP)")
+	fs.BoolVar(&f.poolNAT, "default-ipv4-pool-nat-outgoing", str("CALICO_IPV4POOL_NAT_OUTGOING", "true") == "true",
+		"natOutgoing of the default pool (env CALICO_IPV4POOL_NAT_OUTGOING)")
+	fs.StringVar(&a.IPAMLockFile, "ipam-lock-file", str("TABBY_IPAM_LOCK_FILE", ipam.DefaultLockFile),
+		"the lock tabby-ipam processes of this host share (env TABBY_IPAM_LOCK_FILE)")
+	fs.DurationVar(&a.GCInterval, "ipam-gc-interval", dur("TABBY_IPAM_GC_INTERVAL", ipam.DefaultGCInterval),
+		"how often one elected node collects leaked addresses (env TABBY_IPAM_GC_INTERVAL)")
+	fs.DurationVar(&a.LeakGrace, "ipam-leak-grace", dur("TABBY_IPAM_LEAK_GRACE", ipam.DefaultLeakGrace),
+		"how long an address without a live pod waits before it is freed (env TABBY_IPAM_LEAK_GRACE)")
+	fs.StringVar(&a.HealthAddr, "health-addr", str("TABBY_HEALTH_ADDR", nodeagent.DefaultHealthAddr),
+		`serve /healthz, /readyz and Prometheus /metrics here; "" for off (env TABBY_HEALTH_ADDR)`)
+}
+
+func atoiOr(s string, def int) int {
+	if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil {
+		return n
+	}
+	return def
 }
 
 // parseSeconds accepts Calico's plain seconds ("90") or a Go duration ("90s").
@@ -96,20 +137,25 @@ func newRunCmd(getenv func(string) string) *cobra.Command {
 	var f *runFlags
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Run the node agent (today: the felix chains) until SIGTERM",
-		Long: `run programs this node's iptables from etcd and keeps them programmed:
-the cali-* chains in the filter, nat and raw tables (workload dispatch ending
-in DROP for unknown interfaces, per-workload chains, anti-spoofing, IPIP only
-from nodes, natOutgoing for pools that ask for it) and the cali40* ipsets.
+		Short: "Run the node agent until SIGTERM: registration, tunnel, felix chains, IPAM GC",
+		Long: `run is the tabby node agent. It
+  - registers this node in etcd under a lease (underlay address detected as
+    Calico's IP / IP_AUTODETECTION_METHOD) and writes the node name, the pod
+    MTU and, once in sync, a readiness file for the CNI plugin (--state-dir);
+  - creates the default IP pool on first start when none exists;
+  - keeps tunl0 (with a tunnel address from IPAM) and one route per other
+    node's block (IPIP, direct, or blackhole for our own), tagged proto 79;
+  - programs the cali-* chains in the filter, nat and raw tables (workload
+    dispatch ending in DROP for unknown interfaces, per-workload chains,
+    anti-spoofing, IPIP only from nodes, natOutgoing) and the cali40* ipsets;
+  - runs the IPAM leak collector, one elected node at a time;
+  - serves /healthz, /readyz and /metrics on --health-addr.
 
-It waits for the first snapshot of this node's workload endpoints, the IP
-pools and the nodes before writing anything, writes only differences (one
-iptables-restore --noflush per table), re-reads the tables after writes and
-every refresh interval to repair drift, and leaves everything in place when
-it stops, so pods keep their connectivity while the agent restarts.
-
-Needs root (CAP_NET_ADMIN) in the host's network namespace and the iptables
-and ipset commands.`,
+Nothing is programmed before the datastore snapshot is complete; only
+differences are written; drift is repaired every refresh interval. On stop
+everything stays in place, so pods keep their network while the agent
+restarts. Needs root (CAP_NET_ADMIN) in the host's network namespace and the
+iptables and ipset commands.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -134,38 +180,47 @@ func run(ctx context.Context, f *runFlags) error {
 			return fmt.Errorf("no --nodename and no hostname: %w", err)
 		}
 	}
-	dcfg, err := dataplaneConfig(ctx, f, log)
+	cfg, err := agentConfig(f)
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	dcfg.Registerer = reg
-	dp, err := dataplane.New(dcfg.Config, dcfg.Deps)
-	if err != nil {
-		return err
-	}
-	ecfg, err := f.etcd.Config()
-	if err != nil {
-		return err
-	}
-	ecfg.Logger = log
-	ds, err := datastore.New(ecfg)
-	if err != nil {
-		return err
-	}
-	defer ds.Close()
-	a, err := agent.New(agent.Config{NodeName: f.nodeName}, ds, dp, log, reg)
-	if err != nil {
-		return err
-	}
-	if f.metricsAddr != "" {
-		if err := serveMetrics(ctx, f.metricsAddr, reg, log); err != nil {
+	deps := nodeagent.Deps{Registry: reg, Log: log, Netlink: nodeagent.HostNetlink}
+	if f.felix {
+		dcfg, err := dataplaneConfig(ctx, f, log)
+		if err != nil {
+			return err
+		}
+		dcfg.Registerer = reg
+		if deps.Felix, err = dataplane.New(dcfg.Config, dcfg.Deps); err != nil {
 			return err
 		}
 	}
-	log.Info("tabby-node: running felix", "node", f.nodeName, "etcd", ecfg.Endpoints)
-	return a.Run(ctx)
+	log.Info("tabby-node: starting", "node", f.nodeName, "etcd", cfg.Datastore.Endpoints, "tunnel", cfg.Tunnel, "felix", f.felix)
+	return nodeagent.Run(ctx, cfg, deps)
+}
+
+// agentConfig validates the non-felix settings and fills nodeagent.Config.
+func agentConfig(f *runFlags) (nodeagent.Config, error) {
+	cfg := f.agent
+	cfg.NodeName = f.nodeName
+	if err := datastore.CheckSegment(cfg.NodeName); err != nil {
+		return cfg, fmt.Errorf("--nodename: %w", err)
+	}
+	ecfg, err := f.etcd.Config()
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Datastore = ecfg
+	if f.poolCIDR != "none" && f.poolCIDR != "" {
+		cfg.DefaultPool = datastore.IPPool{Name: "default-ipv4-ippool", CIDR: f.poolCIDR, BlockSize: cfg.DefaultPool.BlockSize,
+			IPIPMode: datastore.IPIPMode(f.poolIPIP), NATOutgoing: f.poolNAT}
+		if err := cfg.DefaultPool.Validate(); err != nil {
+			return cfg, fmt.Errorf("default pool (--default-ipv4-pool-*, CALICO_IPV4POOL_*): %w", err)
+		}
+	}
+	return cfg, nil
 }
 
 type wiring struct {
@@ -217,26 +272,4 @@ func newLogger(level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
-}
-
-// serveMetrics listens now (so a taken port fails the start) and serves until ctx ends.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics listener: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	log.Info("metrics: serving", "addr", l.Addr().String())
-	return nil
 }

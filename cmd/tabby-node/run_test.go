@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 func TestRunFlagsFromEnv(t *testing.T) {
@@ -24,7 +26,7 @@ func TestRunFlagsFromEnv(t *testing.T) {
 	for flag, want := range map[string]string{
 		"nodename": "node-7", "iptables-backend": "Legacy", "iptables-refresh-interval": "30s",
 		"default-endpoint-to-host-action": "Drop", "iptables-post-write-check-interval": "2s",
-		"etcd-endpoints": "http://10.0.0.1:2379", "iptables-mark-mask": "0xffff0000", "metrics-addr": "",
+		"etcd-endpoints": "http://10.0.0.1:2379", "iptables-mark-mask": "0xffff0000", "health-addr": "127.0.0.1:9099", "default-ipv4-pool-cidr": "10.244.0.0/16",
 	} {
 		if got := get(flag); got != want {
 			t.Errorf("--%s = %q, want %q", flag, got, want)
@@ -43,6 +45,7 @@ func TestRunRejectsBadSettings(t *testing.T) {
 		{args: []string{"--default-endpoint-to-host-action=maybe"}, want: "endpoint-to-host"},
 		{args: []string{"--iptables-backend=ebpf"}, want: "backend"},
 		{args: []string{"--log-level=loud"}, want: "log-level"},
+		{args: []string{"--default-ipv4-pool-ipip=Sometimes"}, want: "default pool"},
 	} {
 		cmd := newRunCmd(func(k string) string { return tc.env[k] })
 		cmd.SetArgs(append(tc.args, "--nodename=n", "--etcd-endpoints=http://127.0.0.1:1"))
@@ -66,9 +69,20 @@ func TestHelpIsTruthful(t *testing.T) {
 	if err := root.Execute(); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"cali-*", "--nodename", "NODENAME", "--iptables-backend", "FELIX_IPTABLESBACKEND", "--etcd-endpoints", "--metrics-addr"} {
+	for _, want := range []string{"cali-*", "--nodename", "NODENAME", "--iptables-backend", "FELIX_IPTABLESBACKEND", "--etcd-endpoints", "--health-addr", "IP_AUTODETECTION_METHOD", "CALICO_IPV4POOL_CIDR", "tunl0"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("run --help lacks %q", want)
 		}
+	}
+}
+
+func TestAgentConfigRejectsABadNodeName(t *testing.T) {
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	f := bindRunFlags(fs, func(string) string { return "" })
+	if err := fs.Parse([]string{"--etcd-endpoints=http://127.0.0.1:2379", "--nodename=a/b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agentConfig(f); err == nil || !strings.Contains(err.Error(), "--nodename") {
+		t.Errorf("agentConfig with node name a/b: %v", err)
 	}
 }

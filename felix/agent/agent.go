@@ -42,7 +42,12 @@ type Agent struct {
 	dp      *dataplane.Dataplane
 	log     *slog.Logger
 	metrics *metrics
+	synced  chan struct{} // closed after the first successful apply
 }
+
+// Synced is closed once the dataplane has been programmed from a complete
+// snapshot of the datastore (what /readyz waits for).
+func (a *Agent) Synced() <-chan struct{} { return a.synced }
 
 // New returns an agent; reg (may be nil) receives its metrics.
 func New(cfg Config, ds *datastore.Client, dp *dataplane.Dataplane, log *slog.Logger, reg prometheus.Registerer) (*Agent, error) {
@@ -58,7 +63,8 @@ func New(cfg Config, ds *datastore.Client, dp *dataplane.Dataplane, log *slog.Lo
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Agent{cfg: cfg, ds: ds, dp: dp, log: log.With("component", "felix"), metrics: newMetrics(reg)}, nil
+	return &Agent{cfg: cfg, ds: ds, dp: dp, log: log.With("component", "felix"), metrics: newMetrics(reg),
+		synced: make(chan struct{})}, nil
 }
 
 type sourced struct {
@@ -167,6 +173,11 @@ func (l *loop) step(ctx context.Context) {
 		}
 		l.failures = 0
 		a.metrics.lastSuccess.SetToCurrentTime()
+		select {
+		case <-a.synced:
+		default:
+			close(a.synced)
+		}
 		l.notBefore = time.Now().Add(a.cfg.MinApplyInterval)
 	}
 	l.arm(time.Now(), maxTime(l.notBefore, a.dp.NextCheck()))

@@ -34,12 +34,15 @@ func TestRestartKill9(t *testing.T) {
 func restartKill9(t *testing.T, mode iptables.Mode) {
 	s := newScenario(t, mode)
 	bin := buildNode(t) // cached by the go build cache after the first mode
+	stateDir := t.TempDir()
 	etcdAddr := fxtest.ProxyInto(t, s.a.NS, strings.TrimPrefix(s.etcd.Endpoint(0), "http://"))
 	start := func(name string) (*exec.Cmd, *lockedBuffer) {
 		out := &lockedBuffer{}
 		cmd := s.a.Command(context.Background(), bin, "run", "--etcd-endpoints", "http://"+etcdAddr,
 			"--nodename", "node-a", "--log-level", "debug", "--iptables-refresh-interval", "10s",
-			"--iptables-post-write-check-interval", "200ms", "--metrics-addr", "127.0.0.1:9091",
+			"--iptables-post-write-check-interval", "200ms", "--health-addr", "127.0.0.1:9091",
+			"--state-dir", stateDir, "--ipam-lock-file", filepath.Join(stateDir, "ipam.lock"),
+			"--default-ipv4-pool-cidr", "none", "--tunnel=false",
 			"--iptables-backend", string(mode))
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
