@@ -25,6 +25,10 @@ const (
 	CNIVer        = "v1.3.1"
 )
 
+// EnvBin names a directory Bin returns as is: a test builds the binaries on
+// the host (Bin, then t.Setenv(EnvBin, dir)) before it runs itself in the VM.
+const EnvBin = "TABBY_TEST_BIN"
+
 // ReferencePlugins are the containernetworking/plugins we chain with or
 // compare against.
 func ReferencePlugins() []string {
@@ -44,6 +48,9 @@ func CacheDir() string {
 // (and cnitool).
 func Bin(tb testing.TB, ours ...string) string {
 	tb.Helper()
+	if dir := os.Getenv(EnvBin); dir != "" {
+		return dir // built by the test that delegated to the VM: go build is slow there
+	}
 	if len(ours) == 0 {
 		ours = []string{"tabby", "tabby-ipam"}
 	}

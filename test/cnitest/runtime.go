@@ -47,10 +47,16 @@ func NewHost(t testing.TB, ours ...string) *Host {
 	return NewHostOn(t, env, node, ours...)
 }
 
-// NewHostOn turns an existing node into a CNI host.
+// NewHostOn turns an existing node into a CNI host with an etcd of its own.
 func NewHostOn(t testing.TB, env *netnstest.Env, node *netnstest.Node, ours ...string) *Host {
 	t.Helper()
-	etcd := etcdtest.Start(t, etcdtest.Options{})
+	return NewHostShared(t, env, node, etcdtest.Start(t, etcdtest.Options{}), Bin(t, ours...))
+}
+
+// NewHostShared turns a node into a CNI host using an existing etcd (shared
+// by several nodes) and an existing CNI_PATH directory.
+func NewHostShared(t testing.TB, env *netnstest.Env, node *netnstest.Node, etcd *etcdtest.Cluster, cniPath string) *Host {
+	t.Helper()
 	target, err := url.Parse(etcd.Endpoints()[0])
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +66,7 @@ func NewHostOn(t testing.TB, env *netnstest.Env, node *netnstest.Node, ours ...s
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fwd.Close() })
-	h := &Host{Env: env, Node: node, Etcd: etcd, CNIPath: Bin(t, ours...), Dir: t.TempDir()}
+	h := &Host{Env: env, Node: node, Etcd: etcd, CNIPath: cniPath, Dir: t.TempDir()}
 	h.CNI = libcni.NewCNIConfigWithCacheDir([]string{h.CNIPath}, filepath.Join(h.Dir, "cache"), nil)
 	return h
 }
