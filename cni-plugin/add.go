@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
@@ -17,17 +16,7 @@ import (
 	"github.com/tabbynet/tabby/datastore"
 )
 
-// verbTimeout bounds a whole verb; etcd requests have their own, shorter bound.
-const verbTimeout = 90 * time.Second
-
-func (p *plugin) add(args *skel.CmdArgs) error {
-	c, err := p.begin(args)
-	defer c.close()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
-	defer cancel()
+func add(ctx context.Context, c *call) error {
 	start := time.Now()
 
 	// A repeated ADD of a healthy attachment returns what it made, untouched

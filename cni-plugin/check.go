@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	"github.com/containernetworking/cni/pkg/invoke"
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
@@ -19,15 +18,7 @@ import (
 // check verifies the attachment against prevResult: both ends of the veth,
 // addresses, routes on both sides, the endpoint record and the IPAM
 // allocation, and reports every difference it finds.
-func (p *plugin) check(args *skel.CmdArgs) error {
-	c, err := p.begin(args)
-	defer c.close()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
-	defer cancel()
-
+func check(ctx context.Context, c *call) error {
 	spec, err := c.specFromPrevResult()
 	if err != nil {
 		return err
@@ -39,7 +30,7 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	if err := c.checkRecord(ctx, spec); err != nil {
 		problems = append(problems, err)
 	}
-	if err := invoke.DelegateCheck(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if err := invoke.DelegateCheck(ctx, c.conf.IPAM.Type, c.args.StdinData, nil); err != nil {
 		problems = append(problems, fmt.Errorf("ipam: %w", err))
 	}
 	if err := errors.Join(problems...); err != nil {

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/tabbynet/tabby/cni-plugin/dataplane"
@@ -14,15 +13,9 @@ import (
 // del removes the veth, releases the address and deletes the record. It
 // succeeds when any of them is already gone, and needs no CNI_NETNS: the
 // runtime may call it after the pod's namespace was destroyed.
-func (p *plugin) del(args *skel.CmdArgs) error {
-	c, err := p.begin(args)
-	defer c.close()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
-	defer cancel()
+func del(ctx context.Context, c *call) error {
 	start := time.Now()
+	args := c.args
 
 	hostVeth := c.hostVeth()
 	obj, err := c.loadEndpoint(ctx)

@@ -7,7 +7,6 @@ import (
 	"os"
 
 	"github.com/containernetworking/cni/pkg/invoke"
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/tabbynet/tabby/cni-plugin/dataplane"
@@ -17,12 +16,7 @@ import (
 // status answers "can this plugin set up pods now?": code 50 unless
 // tabby-node has said it is ready (and named the node), etcd answers, and
 // the IPAM plugin says it is available too.
-func (p *plugin) status(args *skel.CmdArgs) error {
-	c, err := p.beginLenient(args)
-	defer c.close()
-	if err != nil {
-		return err
-	}
+func status(ctx context.Context, c *call) error {
 	if c.nodeErr != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "tabby-node has not started on this node", c.nodeErr.Error())
 	}
@@ -34,12 +28,10 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrPluginNotAvailable,
 			fmt.Sprintf("tabby-node is not ready on this node (no %s)", ready), err.Error())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
-	defer cancel()
 	if err := c.store.Ping(ctx); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "etcd is unreachable", err.Error())
 	}
-	if err := invoke.DelegateStatus(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if err := invoke.DelegateStatus(ctx, c.conf.IPAM.Type, c.args.StdinData, nil); err != nil {
 		return c.ipamError("STATUS", err)
 	}
 	return nil
@@ -48,14 +40,7 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 // gc removes the veths and records of this network's attachments on this
 // node that the runtime no longer lists as valid, then lets the IPAM plugin
 // release their addresses (it receives the same valid-attachments list).
-func (p *plugin) gc(args *skel.CmdArgs) error {
-	c, err := p.begin(args)
-	defer c.close()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
-	defer cancel()
+func gc(ctx context.Context, c *call) error {
 	valid := map[string]bool{}
 	for _, a := range c.conf.ValidAttachments {
 		valid[a.ContainerID+"/"+a.IfName] = true
@@ -84,7 +69,7 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 		removed++
 		c.log.Info("GC: removed a stale attachment", "containerID", r.ContainerID, "ifname", r.Interface, "hostVeth", r.HostInterface)
 	}
-	if err := invoke.DelegateGC(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if err := invoke.DelegateGC(ctx, c.conf.IPAM.Type, c.args.StdinData, nil); err != nil {
 		errs = append(errs, c.ipamError("GC", err))
 	}
 	c.log.Info("GC done", "removed", removed, "valid", len(valid))

@@ -9,11 +9,13 @@
 package cniplugin
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -52,11 +54,11 @@ Configuration (top level of the network config, Calico's names):
   log_level (info), log_file_path (/var/log/tabby/cni.log; "none" for stderr only)
   ipam: {"type": "tabby-ipam"} by default; host-local works too.`,
 		Funcs: skel.CNIFuncs{
-			Add:    p.guard("ADD", p.add),
-			Del:    p.guard("DEL", p.del),
-			Check:  p.guard("CHECK", p.check),
-			Status: p.guard("STATUS", p.status),
-			GC:     p.guard("GC", p.gc),
+			Add:    p.guard("ADD", p.verb(p.begin, add)),
+			Del:    p.guard("DEL", p.verb(p.begin, del)),
+			Check:  p.guard("CHECK", p.verb(p.begin, check)),
+			Status: p.guard("STATUS", p.verb(p.beginLenient, status)),
+			GC:     p.guard("GC", p.verb(p.begin, gc)),
 		},
 	}
 }
@@ -72,6 +74,24 @@ func (p *plugin) guard(verb string, fn func(*skel.CmdArgs) error) func(*skel.Cmd
 			}
 		}()
 		return fn(args)
+	}
+}
+
+// verbTimeout bounds a whole verb; etcd requests have their own, shorter bound.
+const verbTimeout = 90 * time.Second
+
+// verb adapts a verb to skel: parse and open with begin, bound the time,
+// release everything afterwards.
+func (p *plugin) verb(begin func(*skel.CmdArgs) (*call, error), fn func(context.Context, *call) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		c, err := begin(args)
+		defer c.close()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), verbTimeout)
+		defer cancel()
+		return fn(ctx, c)
 	}
 }
 
