@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -22,6 +23,7 @@ func add(ctx context.Context, c *call) error {
 	// A repeated ADD of a healthy attachment returns what it made, untouched
 	// (Calico would allocate a second address here).
 	res, err := c.existingResult(ctx)
+	c.phase("existing", start)
 	if err != nil {
 		return err // etcd unreachable: re-plumbing a live pod now could lose its address
 	}
@@ -34,7 +36,8 @@ func add(ctx context.Context, c *call) error {
 		c.log.Error("ADD failed", "error", err)
 		return err
 	}
-	c.log.Info("ADD done", "ips", res.IPs, "hostVeth", res.Interfaces[0].Name, "took", time.Since(start))
+	c.log.Info("ADD done", "ips", res.IPs, "hostVeth", res.Interfaces[0].Name, "took", time.Since(start),
+		slog.Group("phases", c.phases...))
 	return types.PrintResult(res, c.conf.CNIVersion)
 }
 
@@ -45,10 +48,12 @@ func (c *call) addFresh(ctx context.Context) (res *current.Result, err error) {
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
+	t := time.Now()
 	ipamRes, err := invoke.DelegateAdd(ctx, c.conf.IPAM.Type, c.args.StdinData, nil)
 	if err != nil {
 		return nil, c.ipamError("ADD", err)
 	}
+	t = c.phase("ipam", t)
 	success := false
 	defer func() {
 		if !success {
@@ -64,10 +69,12 @@ func (c *call) addFresh(ctx context.Context) (res *current.Result, err error) {
 	if err != nil {
 		return nil, types.NewError(types.ErrInternal, "plumb pod: "+err.Error(), "")
 	}
+	t = c.phase("plumb", t)
 	rec := c.endpointRecord(spec, plumbed.PodMAC.String())
 	if err := c.saveEndpoint(ctx, rec); err != nil {
 		return nil, err
 	}
+	c.phase("record", t)
 	success = true
 	return c.result(spec, plumbed.PodMAC.String()), nil
 }

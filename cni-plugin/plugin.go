@@ -105,6 +105,15 @@ type call struct {
 	log     *slog.Logger
 	store   *datastore.Client
 	done    []func()
+	// phases records how long each step took, for the verb's log line.
+	phases []any
+}
+
+// phase records the time since start under name and returns now.
+func (c *call) phase(name string, start time.Time) time.Time {
+	now := time.Now()
+	c.phases = append(c.phases, name, now.Sub(start).Round(10*time.Microsecond).String())
+	return now
 }
 
 // begin parses the configuration and arguments, resolves the node and opens
