@@ -16,6 +16,7 @@
 //	handles/<handleID>                              Handle            IPAM, one per pod interface
 //	nodes/<name>                                    Node              tabby-node, under a lease
 //	workloadendpoints/<node>/<containerID>/<iface>  WorkloadEndpoint  the CNI plugin, read by tabby-node
+//	locks/<name>/…                                  (etcd mutex)      elections, e.g. locks/ipam-gc
 //
 // Keys builds each key and the prefixes used for listing and watching (all blocks, the
 // affinities of one node, the endpoints of one container, ...); Keys.Parse goes back.

@@ -101,6 +101,11 @@ func (k Keys) Handle(handleID string) string { return k.join(KindHandle, handleI
 // Handles is the prefix of every handle.
 func (k Keys) Handles() string { return k.join(KindHandle) }
 
+// Lock is the key prefix of an etcd lock (concurrency.Mutex) named name:
+// locks/<name>. The IPAM collector elects one node at a time with
+// Lock("ipam-gc").
+func (k Keys) Lock(name string) string { return k.Prefix() + "locks/" + name }
+
 // Node is the key of the node called name.
 func (k Keys) Node(name string) string { return k.join(KindNode, name) }
 

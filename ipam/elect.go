@@ -30,7 +30,7 @@ type ElectionOptions struct {
 
 // lockKey is the etcd prefix of the cluster-wide IPAM GC lock.
 // TODO(datastore): move to datastore.Keys with the other key builders.
-func (a *Allocator) lockKey() string { return a.keys.Prefix() + "locks/ipam-gc" }
+func (a *Allocator) lockKey() string { return a.keys.Lock("ipam-gc") }
 
 // RunElected runs the collector on one node of the cluster at a time. It waits for the GC lock
 // (an etcd mutex on a lease), then collects every Interval for as long as it holds it; the
