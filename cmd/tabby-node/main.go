@@ -16,17 +16,16 @@ func newRoot() *cobra.Command {
 		Short: "The tabby node agent (runs as a DaemonSet on every node)",
 		Long: `tabby-node is the agent tabby runs on every node, in a DaemonSet.
 
-When complete it registers the node in etcd, keeps tunl0 and one route per
-remote node block, programs the cali-* filter chains and kube-proxy-compatible
-Service NAT, and garbage-collects leaked addresses.
+  run          register the node, keep tunl0 and the routes to other nodes'
+               blocks, program the cali-* chains, collect leaked addresses,
+               serve /healthz, /readyz and /metrics
+  install-cni  install the CNI plugins and their conflist (init container)
+  version      print the build
 
-This build's "run" programs the felix part: the cali-* filter chains
-(workload dispatch, anti-spoofing, natOutgoing) from the workload endpoints,
-IP pools and nodes in etcd. Node registration, the tunnel, Service NAT and
-IPAM GC are not implemented yet.`,
+Service NAT (kube-proxy's job) is not part of this build yet.`,
 		SilenceUsage: true,
 	}
-	root.AddCommand(versioncmd.New("tabby-node"), newRunCmd(os.Getenv))
+	root.AddCommand(versioncmd.New("tabby-node"), newRunCmd(os.Getenv), newInstallCNICmd(os.Getenv))
 	return root
 }
 
