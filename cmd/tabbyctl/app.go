@@ -28,6 +28,21 @@ func (a *app) addOutputFlag(cmd *cobra.Command) {
 // allocator connects to etcd; close it when done. Logs go to stderr, warnings only, so
 // stdout stays the command's answer.
 func (a *app) allocator(cmd *cobra.Command) (*ipam.Allocator, func(), error) {
+	ds, log, err := a.datastore(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	al, err := ipam.New(ipam.Config{Client: ds, Logger: log})
+	if err != nil {
+		ds.Close()
+		return nil, nil, err
+	}
+	return al, func() { ds.Close() }, nil
+}
+
+// datastore connects to etcd (close the client when done), after checking
+// the output format so a typo fails before any network work.
+func (a *app) datastore(cmd *cobra.Command) (*datastore.Client, *slog.Logger, error) {
 	if a.output != "text" && a.output != "json" {
 		return nil, nil, fmt.Errorf("unknown output format %q (want text or json)", a.output)
 	}
@@ -37,15 +52,7 @@ func (a *app) allocator(cmd *cobra.Command) (*ipam.Allocator, func(), error) {
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ds, err := datastore.New(cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	al, err := ipam.New(ipam.Config{Client: ds, Logger: cfg.Logger})
-	if err != nil {
-		ds.Close()
-		return nil, nil, err
-	}
-	return al, func() { ds.Close() }, nil
+	return ds, cfg.Logger, err
 }
 
 // print writes v as JSON, or calls text with a tab writer.

@@ -21,7 +21,7 @@ or the --etcd-* flags). Every command takes -o json for scripts.`,
 		SilenceUsage: true,
 	}
 	a := &app{flags: etcdflags.Bind(root.PersistentFlags(), getenv)}
-	root.AddCommand(versioncmd.New("tabbyctl"), newIPPoolCmd(a), newIPAMCmd(a))
+	root.AddCommand(versioncmd.New("tabbyctl"), newIPPoolCmd(a), newIPAMCmd(a), newNodeCmd(a))
 	return root
 }
 
