@@ -18,6 +18,8 @@ packages=(
   cpio             # packs the initramfs
   containernetworking-plugins # portmap, host-local, ptp: chained and compared with tabby
   ca-certificates  # apt-get download over https mirrors
+  containerd       # the real-cluster tier (test/clustertest): container runtime
+  runc             # ... and its OCI runtime
 )
 
 if ! command -v go >/dev/null 2>&1; then
