@@ -1,6 +1,6 @@
 // Package nodeagent composes tabby-node: it registers the node, writes the
-// files the CNI plugin reads, and runs the tunnel, the felix dataplane and
-// the IPAM garbage collector side by side, with /healthz, /readyz and
+// files the CNI plugin reads, and runs the tunnel, the felix dataplane,
+// Service NAT and the IPAM garbage collector side by side, with /healthz, /readyz and
 // /metrics on one local port. A component's fatal error stops the agent; a
 // graceful stop leaves routes, rules and the node record in place, so pods
 // keep their network while the agent restarts or upgrades.
@@ -56,10 +56,19 @@ type Config struct {
 // off), the metrics registry, the logger and a netlink handle for the
 // node's network namespace.
 type Deps struct {
-	Felix    *dataplane.Dataplane
-	Registry *prometheus.Registry
-	Log      *slog.Logger
-	Netlink  NetlinkOpener
+	Felix *dataplane.Dataplane
+	// ServiceNAT programs kube-proxy's chains on Felix's tables (nil: off).
+	ServiceNAT Component
+	Registry   *prometheus.Registry
+	Log        *slog.Logger
+	Netlink    NetlinkOpener
+}
+
+// Component is a long-running part built by the command line: it runs until
+// ctx ends and closes Synced once its first dataplane sync succeeded.
+type Component interface {
+	Run(ctx context.Context) error
+	Synced() <-chan struct{}
 }
 
 // Run runs the agent until ctx ends or a component fails for good.
@@ -111,6 +120,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 			return err
 		}
 		comps.add("felix", fa.Synced(), fa.Run)
+	}
+	if deps.ServiceNAT != nil {
+		comps.add("service-nat", deps.ServiceNAT.Synced(), deps.ServiceNAT.Run)
 	}
 	gc := ipam.NewCollector(alloc, ipam.CollectorConfig{LeakGrace: cfg.LeakGrace, NodeGrace: ipam.DefaultCollectorConfig().NodeGrace,
 		EmptyBlockGrace: ipam.DefaultCollectorConfig().EmptyBlockGrace, PendingAge: ipam.DefaultCollectorConfig().PendingAge})

@@ -23,6 +23,7 @@ import (
 	"github.com/tabbynet/tabby/felix/dataplane"
 	"github.com/tabbynet/tabby/felix/iptables"
 	"github.com/tabbynet/tabby/felix/rules"
+	"github.com/tabbynet/tabby/felix/servicenat"
 	"github.com/tabbynet/tabby/ipam"
 	"github.com/tabbynet/tabby/nodeagent"
 )
@@ -45,6 +46,7 @@ type runFlags struct {
 	poolIPIP       string
 	poolNAT        bool
 	felix          bool
+	proxy          *servicenat.Config
 }
 
 func bindRunFlags(fs *pflag.FlagSet, getenv func(string) string) *runFlags {
@@ -82,6 +84,7 @@ func bindRunFlags(fs *pflag.FlagSet, getenv func(string) string) *runFlags {
 		"verdict for pod-to-own-node traffic: ACCEPT, DROP or RETURN (env FELIX_DEFAULTENDPOINTTOHOSTACTION)")
 	fs.StringVar(&f.logLevel, "log-level", str("FELIX_LOGSEVERITYSCREEN", "info"), "debug, info, warn or error (env FELIX_LOGSEVERITYSCREEN)")
 	bindAgentFlags(fs, f, str, dur, getenv)
+	f.proxy = servicenat.BindFlags(fs, getenv)
 	return f
 }
 
@@ -137,7 +140,7 @@ func newRunCmd(getenv func(string) string) *cobra.Command {
 	var f *runFlags
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Run the node agent until SIGTERM: registration, tunnel, felix chains, IPAM GC",
+		Short: "Run the node agent until SIGTERM: registration, tunnel, felix chains, Service NAT, IPAM GC",
 		Long: `run is the tabby node agent. It
   - registers this node in etcd under a lease (underlay address detected as
     Calico's IP / IP_AUTODETECTION_METHOD) and writes the node name, the pod
@@ -148,6 +151,11 @@ func newRunCmd(getenv func(string) string) *cobra.Command {
   - programs the cali-* chains in the filter, nat and raw tables (workload
     dispatch ending in DROP for unknown interfaces, per-workload chains,
     anti-spoofing, IPIP only from nodes, natOutgoing) and the cali40* ipsets;
+  - replaces kube-proxy (iptables mode): KUBE-SERVICES, KUBE-SVC-*,
+    KUBE-SEP-*, KUBE-NODEPORTS, KUBE-POSTROUTING ... from the Services and
+    EndpointSlices of the Kubernetes API (--kubeconfig, or in-cluster);
+    it refuses to start next to a running kube-proxy; --service-proxy=off
+    leaves Services to kube-proxy;
   - runs the IPAM leak collector, one elected node at a time;
   - serves /healthz, /readyz and /metrics on --health-addr.
 
@@ -196,9 +204,30 @@ func run(ctx context.Context, f *runFlags) error {
 		if deps.Felix, err = dataplane.New(dcfg.Config, dcfg.Deps); err != nil {
 			return err
 		}
+		if deps.ServiceNAT, err = serviceProxy(f, deps.Felix, dcfg.Backend, reg, log); err != nil {
+			return err
+		}
+	} else if f.proxy.Enabled {
+		return errors.New("--service-proxy=on needs felix's table engine: run with --felix=true, or --service-proxy=off")
 	}
-	log.Info("tabby-node: starting", "node", f.nodeName, "etcd", cfg.Datastore.Endpoints, "tunnel", cfg.Tunnel, "felix", f.felix)
+	log.Info("tabby-node: starting", "node", f.nodeName, "etcd", cfg.Datastore.Endpoints, "tunnel", cfg.Tunnel,
+		"felix", f.felix, "service_proxy", f.proxy.Enabled)
 	return nodeagent.Run(ctx, cfg, deps)
+}
+
+// serviceProxy builds Service NAT on felix's tables, or returns nil when it
+// is off (--service-proxy=off: kube-proxy programs Services).
+func serviceProxy(f *runFlags, tables *dataplane.Dataplane, backend iptables.Backend, reg *prometheus.Registry, log *slog.Logger) (nodeagent.Component, error) {
+	if !f.proxy.Enabled {
+		return nil, nil
+	}
+	cfg := *f.proxy
+	cfg.NodeName = f.nodeName
+	p, err := servicenat.New(cfg, servicenat.Deps{Tables: tables, Backend: backend, Registerer: reg, Log: log})
+	if err != nil {
+		return nil, fmt.Errorf("%w (set --kubeconfig, or --service-proxy=off to leave Services to kube-proxy)", err)
+	}
+	return p, nil
 }
 
 // agentConfig validates the non-felix settings and fills nodeagent.Config.

@@ -69,7 +69,8 @@ func TestHelpIsTruthful(t *testing.T) {
 	if err := root.Execute(); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"cali-*", "--nodename", "NODENAME", "--iptables-backend", "FELIX_IPTABLESBACKEND", "--etcd-endpoints", "--health-addr", "IP_AUTODETECTION_METHOD", "CALICO_IPV4POOL_CIDR", "tunl0"} {
+	for _, want := range []string{"cali-*", "--nodename", "NODENAME", "--iptables-backend", "FELIX_IPTABLESBACKEND", "--etcd-endpoints", "--health-addr", "IP_AUTODETECTION_METHOD", "CALICO_IPV4POOL_CIDR", "tunl0",
+		"--service-proxy", "TABBY_SERVICE_PROXY", "--kubeconfig", "KUBE-SERVICES"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("run --help lacks %q", want)
 		}

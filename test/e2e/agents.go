@@ -95,7 +95,8 @@ func (c *AgentCluster) Start(name string) {
 		"--ipam-lock-file", filepath.Join(n.StateDir, "ipam.lock"), "--health-addr", "127.0.0.1:9099",
 		"--ip-autodetection-method", "interface=" + n.Iface, "--node-ttl", "10s",
 		"--default-ipv4-pool-cidr", c.spec.PoolCIDR, "--default-ipv4-pool-ipip", string(c.spec.IPIPMode),
-		"--route-refresh-interval", c.spec.Resync.String(), "--log-level", "info"}
+		"--route-refresh-interval", c.spec.Resync.String(), "--log-level", "info",
+		"--service-proxy=off"} // no apiserver here: Services are issue 7's tests
 	cmd := n.Command(context.Background(), argv...)
 	out := &lockedWriter{w: &bytes.Buffer{}}
 	cmd.Stdout, cmd.Stderr = out, out
