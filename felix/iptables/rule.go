@@ -85,8 +85,10 @@ func (r Rule) Validate() error {
 			return fmt.Errorf("rule %q: contains a line break or NUL", s)
 		}
 	}
-	if strings.Contains(r.Comment, `"`) || strings.Contains(r.Comment, HashPrefix) {
-		return fmt.Errorf("rule comment %q: no double quotes and no %q allowed", r.Comment, HashPrefix)
+	// A comment may mention "cali:" (a Service "ns/mycali:http") but not
+	// start with it: only a leading "cali:" marks a rule as the engine's.
+	if strings.Contains(r.Comment, `"`) || strings.HasPrefix(r.Comment, HashPrefix) {
+		return fmt.Errorf("rule comment %q: no double quotes and must not start with %q", r.Comment, HashPrefix)
 	}
 	if len(r.Comment) > 200 {
 		return fmt.Errorf("rule comment %q: longer than 200 characters", r.Comment[:40]+"...")

@@ -144,6 +144,10 @@ type hook struct{ inserts, appends []Rule }
 func (t *Table) Register(name string, prefixes ...string) (*Owner, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.registerLocked(name, prefixes)
+}
+
+func (t *Table) registerLocked(name string, prefixes []string) (*Owner, error) {
 	if len(prefixes) == 0 {
 		return nil, fmt.Errorf("table %s: owner %s: no chain prefixes", t.name, name)
 	}
@@ -200,6 +204,16 @@ func (t *Table) owned(chain string) bool {
 // SetChain records the desired content of one chain, replacing what was set
 // before under that name. It touches nothing in the kernel.
 func (o *Owner) SetChain(c Chain) error {
+	if err := o.validateChain(c); err != nil {
+		return err
+	}
+	o.t.mu.Lock()
+	defer o.t.mu.Unlock()
+	o.setChainLocked(c)
+	return nil
+}
+
+func (o *Owner) validateChain(c Chain) error {
 	if err := ValidateChainName(c.Name); err != nil {
 		return fmt.Errorf("owner %s: %w", o.name, err)
 	}
@@ -211,10 +225,12 @@ func (o *Owner) SetChain(c Chain) error {
 			return fmt.Errorf("owner %s: chain %s rule %d: %w", o.name, c.Name, i, err)
 		}
 	}
-	o.t.mu.Lock()
-	defer o.t.mu.Unlock()
+	return nil
+}
+
+func (o *Owner) setChainLocked(c Chain) {
 	if old := o.t.chains[c.Name]; old != nil && slices.Equal(old.rules, c.Rules) {
-		return nil
+		return
 	}
 	dc := &desiredChain{owner: o, rules: slices.Clone(c.Rules), hashes: make([]string, len(c.Rules))}
 	for i, r := range c.Rules {
@@ -229,7 +245,6 @@ func (o *Owner) SetChain(c Chain) error {
 		o.t.refs[target]++
 	}
 	o.t.dirty, o.t.pending[c.Name] = true, true
-	return nil
 }
 
 // forget drops a desired chain and its references.
@@ -285,6 +300,15 @@ func (o *Owner) ChainNames() []string {
 // put back there if something else is inserted above them; appends are added
 // at the end and left where they are as long as they come after the inserts.
 func (o *Owner) SetHook(builtin string, inserts, appends []Rule) error {
+	if err := o.validateHook(builtin, inserts, appends); err != nil {
+		return err
+	}
+	o.t.mu.Lock()
+	defer o.t.mu.Unlock()
+	return o.setHookLocked(builtin, inserts, appends)
+}
+
+func (o *Owner) validateHook(builtin string, inserts, appends []Rule) error {
 	all := slices.Concat(inserts, appends)
 	for i, r := range all {
 		if err := r.Validate(); err != nil {
@@ -294,8 +318,10 @@ func (o *Owner) SetHook(builtin string, inserts, appends []Rule) error {
 			return fmt.Errorf("owner %s: hook in %s: rule %q given twice", o.name, builtin, r.Action)
 		}
 	}
-	o.t.mu.Lock()
-	defer o.t.mu.Unlock()
+	return nil
+}
+
+func (o *Owner) setHookLocked(builtin string, inserts, appends []Rule) error {
 	if ValidateChainName(builtin) != nil || o.t.owned(builtin) {
 		return fmt.Errorf("owner %s: hook chain %q must be a chain nobody owns", o.name, builtin)
 	}

@@ -1,0 +1,126 @@
+package servicenat
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	cnins "github.com/containernetworking/plugins/pkg/ns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/tabbynet/tabby/felix/cmdrun"
+	"github.com/tabbynet/tabby/felix/dataplane"
+	"github.com/tabbynet/tabby/felix/iptables"
+	"github.com/tabbynet/tabby/felix/rules"
+)
+
+// The benchmark runs tabby's Service NAT in a process of its own (this test
+// binary, re-executed), so that its memory is measured apart from the
+// benchmark's; these variables tell the child what to do.
+const (
+	helperNS         = "TABBY_SVCNAT_HELPER_NS"
+	helperNode       = "TABBY_SVCNAT_HELPER_NODE"
+	helperKubeconfig = "TABBY_SVCNAT_HELPER_KUBECONFIG"
+)
+
+// nsPathRunner runs commands inside a named network namespace.
+type nsPathRunner struct{ ns cnins.NetNS }
+
+func (r nsPathRunner) Run(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
+	var out []byte
+	err := r.ns.Do(func(cnins.NetNS) error {
+		var err error
+		out, err = cmdrun.Command(ctx, stdin, argv...)
+		return err
+	})
+	return out, err
+}
+
+type nsPathSysctl struct{ ns cnins.NetNS }
+
+func (s nsPathSysctl) Get(key string) (v string, err error) {
+	err = s.ns.Do(func(cnins.NetNS) error { v, err = ProcSysctl{}.Get(key); return err })
+	return v, err
+}
+
+func (s nsPathSysctl) Set(key, value string) error {
+	return s.ns.Do(func(cnins.NetNS) error { return ProcSysctl{}.Set(key, value) })
+}
+
+// TestBenchHelperProxy is not a test: it is the child process of
+// BenchmarkServiceNAT. It runs felix's dataplane and Service NAT for one
+// node namespace, prints "HELPER SYNCED <seconds of the full sync>" when
+// the first sync is done, and exits when its stdin closes.
+func TestBenchHelperProxy(t *testing.T) {
+	name := os.Getenv(helperNS)
+	if name == "" {
+		t.Skip("the benchmark's helper process; runs only under BenchmarkServiceNAT")
+	}
+	if err := runHelper(name); err != nil {
+		fmt.Println("HELPER ERROR", err)
+		os.Exit(1)
+	}
+}
+
+func runHelper(name string) error {
+	path := filepath.Join("/var/run/netns", name)
+	nsh, err := cnins.GetNS(path)
+	if err != nil {
+		return err
+	}
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	nl, err := netlink.NewHandleAt(h, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return err
+	}
+	runner, log := nsPathRunner{nsh}, quiet()
+	be := iptables.BackendFor(iptables.ModeNFT)
+	dp, err := dataplane.New(dataplane.Config{Rules: rules.DefaultConfig()},
+		dataplane.Deps{Backend: be, Runner: runner, Sysctl: nsPathSysctl{nsh}, Log: log})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := dp.Apply(ctx); err != nil {
+		return err
+	}
+	cfg := DefaultConfig()
+	cfg.NodeName, cfg.Kubeconfig = os.Getenv(helperNode), os.Getenv(helperKubeconfig)
+	reg := prometheus.NewRegistry()
+	p, err := New(cfg, Deps{Tables: dp, Backend: be, Runner: runner, Conntrack: NetlinkConntrack{Handle: nl},
+		Listen: func(string, string) (net.Listener, error) { return nil, errors.New("no health checks here") },
+		Sysctl: nsPathSysctl{nsh}, Registerer: reg, Log: log})
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	select {
+	case <-p.Synced():
+	case err := <-done:
+		return fmt.Errorf("stopped before syncing: %w", err)
+	}
+	var m dto.Metric
+	if err := p.metrics.syncSeconds.WithLabelValues("full").(prometheus.Histogram).Write(&m); err != nil {
+		return err
+	}
+	fmt.Printf("HELPER SYNCED %f\n", m.Histogram.GetSampleSum())
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+	}
+	cancel()
+	return <-done
+}
