@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,16 +16,27 @@ import (
 // app is what the subcommands share: the etcd flags and the output format.
 type app struct {
 	flags  *etcdflags.Flags
-	output string
+	output string // the -o flag as typed
+	format format // parsed before any command runs
 }
 
-// addOutputFlag gives a command group -o text|json.
-func (a *app) addOutputFlag(cmd *cobra.Command) {
-	cmd.PersistentFlags().StringVarP(&a.output, "output", "o", "text", "output format: text or json")
+// bindOutput gives every command -o and checks it before the command runs, so a typo fails
+// before any network work.
+func (a *app) bindOutput(root *cobra.Command) {
+	root.PersistentFlags().StringVarP(&a.output, "output", "o", string(formatTable), formatHelp)
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		f, err := parseFormat(a.output)
+		a.format = f
+		return err
+	}
 }
 
-// allocator connects to etcd; close it when done. Logs go to stderr, warnings only, so
-// stdout stays the command's answer.
+// logger writes warnings and errors to stderr, so stdout stays the command's answer.
+func (a *app) logger(cmd *cobra.Command) *slog.Logger {
+	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// allocator connects to etcd; close it when done.
 func (a *app) allocator(cmd *cobra.Command) (*ipam.Allocator, func(), error) {
 	ds, log, err := a.datastore(cmd)
 	if err != nil {
@@ -35,34 +45,23 @@ func (a *app) allocator(cmd *cobra.Command) (*ipam.Allocator, func(), error) {
 	al, err := ipam.New(ipam.Config{Client: ds, Logger: log})
 	if err != nil {
 		ds.Close()
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("ipam: %w", err)
 	}
 	return al, func() { ds.Close() }, nil
 }
 
-// datastore connects to etcd (close the client when done), after checking
-// the output format so a typo fails before any network work.
+// datastore connects to etcd with the shared flags; close the client when done.
 func (a *app) datastore(cmd *cobra.Command) (*datastore.Client, *slog.Logger, error) {
-	if a.output != "text" && a.output != "json" {
-		return nil, nil, fmt.Errorf("unknown output format %q (want text or json)", a.output)
-	}
 	cfg, err := a.flags.Config()
 	if err != nil {
 		return nil, nil, fmt.Errorf("etcd settings: %w", err)
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ds, err := datastore.New(cfg)
+	cfg.Logger = a.logger(cmd)
+	ds, err := datastore.New(cfg) // its errors say what was wrong with which endpoint
 	return ds, cfg.Logger, err
 }
 
-// print writes v as JSON, or calls text with a tab writer.
-func (a *app) print(w io.Writer, v any, text func(tw *tabwriter.Writer)) error {
-	if a.output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	text(tw)
-	return tw.Flush()
+// print writes v in the chosen format; table draws it for people.
+func (a *app) print(w io.Writer, v any, table func(tw *tabwriter.Writer)) error {
+	return render(w, a.format, v, table)
 }

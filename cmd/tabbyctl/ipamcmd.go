@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -14,8 +15,7 @@ import (
 
 func newIPAMCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "ipam", Short: "Inspect and repair address allocation"}
-	a.addOutputFlag(cmd)
-	cmd.AddCommand(ipamShow(a), ipamCheck(a, false), ipamCheck(a, true), ipamRelease(a))
+	cmd.AddCommand(ipamShow(a), ipamCheck(a), ipamGC(a), ipamRelease(a))
 	return cmd
 }
 
@@ -64,10 +64,8 @@ func printSummary(tw *tabwriter.Writer, s *ipam.Summary) {
 	}
 }
 
-// ipamCheck is `ipam check` (report only) or, with act, `ipam gc` (report and free).
-func ipamCheck(a *app, act bool) *cobra.Command {
-	cfg := ipam.DefaultCollectorConfig()
-	cfg.Stateless = true
+// ipamCheck is `ipam check`: report only.
+func ipamCheck(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Report leaked addresses, gone nodes, spare empty blocks, stale claims and duplicates",
@@ -79,46 +77,151 @@ longer than --grace (tabbyctl remembers nothing between runs, so the grace
 period runs from the allocation). Duplicates and corrupt records make it fail.`,
 		Args: cobra.NoArgs,
 	}
-	if act {
-		cmd.Use, cmd.Short = "gc", "Free what check reports as confirmed (leaks, gone nodes, empty blocks, stale claims)"
-		cmd.Long = "gc runs check and then frees the confirmed leaks (re-checking each handle's owner\nright before), cleans up gone nodes, returns spare empty blocks and removes stale claims."
+	cfg := collectorFlags(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return runCollector(cmd, a, cfg, func(ctx context.Context, gc *ipam.Collector) (any, *ipam.Report, *ipam.Result, error) {
+			r, err := gc.Check(ctx)
+			return r, r, nil, err
+		})
 	}
+	return cmd
+}
+
+// ipamGC is `ipam gc`: one collection pass now, or with --dry-run the plan of one.
+func ipamGC(a *app) *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Free what check reports as confirmed (leaks, gone nodes, empty blocks, stale claims)",
+		Long: `gc runs one collection pass now, as the elected tabby-node does every
+--ipam-gc-interval: it runs check and then frees the confirmed leaks
+(re-checking each handle's owner right before, so an owner that reappeared
+keeps its address), cleans up gone nodes, returns spare empty blocks and
+removes stale claims. Every change is a compare-and-swap on the revision the
+scan read, so gc is safe next to running agents and plugins.
+
+--dry-run runs the same scan and prints what gc would free, changing nothing;
+the real pass may then skip items whose owner reappeared or that changed
+since (it says so under SKIPPED).`,
+		Args: cobra.NoArgs,
+	}
+	cfg := collectorFlags(cmd)
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only report what one pass would free; change nothing")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return runCollector(cmd, a, cfg, func(ctx context.Context, gc *ipam.Collector) (any, *ipam.Report, *ipam.Result, error) {
+			if dryRun {
+				r, err := gc.Check(ctx)
+				if r == nil {
+					return nil, nil, nil, err
+				}
+				return gcDryRun{Report: r, DryRun: true, WouldFree: planOf(r)}, r, nil, err
+			}
+			r, res, err := gc.Collect(ctx)
+			return gcRun{Report: r, Result: res}, r, res, err
+		})
+	}
+	return cmd
+}
+
+// collectorFlags binds the grace periods check and gc share; tabbyctl's collector is stateless.
+func collectorFlags(cmd *cobra.Command) *ipam.CollectorConfig {
+	cfg := ipam.DefaultCollectorConfig()
+	cfg.Stateless = true
 	cmd.Flags().DurationVar(&cfg.LeakGrace, "grace", ipam.DefaultLeakGrace, "how long an address must have been allocated without an endpoint to count as leaked")
 	cmd.Flags().DurationVar(&cfg.NodeGrace, "node-grace", ipam.DefaultNodeGrace, "clean up nodes without a record only if this is 0 (tabbyctl cannot tell how long they have been gone)")
 	cmd.Flags().DurationVar(&cfg.PendingAge, "pending-age", ipam.DefaultPendingAge, "report block claims pending longer than this")
-	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		al, done, err := a.allocator(cmd)
-		if err != nil {
-			return err
+	return &cfg
+}
+
+// gcRun is what `ipam gc -o json|yaml` prints.
+type gcRun struct {
+	Report *ipam.Report `json:"report"`
+	Result *ipam.Result `json:"result"`
+}
+
+// gcDryRun is what `ipam gc --dry-run -o json|yaml` prints.
+type gcDryRun struct {
+	Report    *ipam.Report `json:"report"`
+	DryRun    bool         `json:"dryRun"`
+	WouldFree gcPlan       `json:"wouldFree"`
+}
+
+// gcPlan is what Collect acts on: the confirmed and fixable parts of a report.
+type gcPlan struct {
+	Release      []ipam.Leak `json:"release"`
+	CleanupNodes []string    `json:"cleanupNodes"`
+	DeleteBlocks []string    `json:"deleteBlocks"`
+	Fix          []string    `json:"fix"`
+}
+
+func planOf(r *ipam.Report) gcPlan {
+	p := gcPlan{Release: []ipam.Leak{}, CleanupNodes: []string{}, DeleteBlocks: []string{}, Fix: []string{}}
+	for _, l := range r.Leaks {
+		if l.Confirmed {
+			p.Release = append(p.Release, l)
 		}
-		defer done()
-		gc := ipam.NewCollector(al, cfg)
-		var r *ipam.Report
-		var res *ipam.Result
-		if act {
-			r, res, err = gc.Collect(cmd.Context())
-		} else {
-			r, err = gc.Check(cmd.Context())
+	}
+	for _, n := range r.GoneNodes {
+		if n.Confirmed {
+			p.CleanupNodes = append(p.CleanupNodes, n.Node)
 		}
-		if r == nil {
-			return err
+	}
+	for _, b := range r.EmptyBlocks {
+		if b.Confirmed {
+			p.DeleteBlocks = append(p.DeleteBlocks, b.Block.String())
 		}
-		out := any(r)
-		if act {
-			out = struct {
-				Report *ipam.Report `json:"report"`
-				Result *ipam.Result `json:"result"`
-			}{r, res}
+	}
+	for _, f := range r.Findings {
+		if f.Fixable {
+			p.Fix = append(p.Fix, f.Kind+" "+f.Key)
 		}
-		if perr := a.print(cmd.OutOrStdout(), out, func(tw *tabwriter.Writer) { printReport(tw, r, res, cfg.LeakGrace) }); perr != nil {
-			return perr
-		}
-		if err == nil && (len(r.Duplicates) > 0 || len(r.Corrupt) > 0) {
-			err = errors.New("integrity problems: duplicate allocations or corrupt records (see the report)")
-		}
+	}
+	return p
+}
+
+type collectFunc func(context.Context, *ipam.Collector) (out any, r *ipam.Report, res *ipam.Result, err error)
+
+// runCollector connects, runs fn, prints what it returns and fails on integrity problems.
+func runCollector(cmd *cobra.Command, a *app, cfg *ipam.CollectorConfig, fn collectFunc) error {
+	al, done, err := a.allocator(cmd)
+	if err != nil {
 		return err
 	}
-	return cmd
+	defer done()
+	out, r, res, err := fn(cmd.Context(), ipam.NewCollector(al, *cfg))
+	if r == nil {
+		return err
+	}
+	perr := a.print(cmd.OutOrStdout(), out, func(tw *tabwriter.Writer) {
+		printReport(tw, r, res, cfg.LeakGrace)
+		if d, ok := out.(gcDryRun); ok {
+			printPlan(tw, d.WouldFree)
+		}
+	})
+	if perr != nil {
+		return perr
+	}
+	if err == nil && (len(r.Duplicates) > 0 || len(r.Corrupt) > 0) {
+		err = errors.New("integrity problems: duplicate allocations or corrupt records (see the report)")
+	}
+	return err
+}
+
+func printPlan(tw *tabwriter.Writer, p gcPlan) {
+	fmt.Fprintf(tw, "\ngc --dry-run: would release %d address(es), clean %d node(s), delete %d block(s), fix %d record(s); nothing was changed\n",
+		len(p.Release), len(p.CleanupNodes), len(p.DeleteBlocks), len(p.Fix))
+	for _, l := range p.Release {
+		fmt.Fprintf(tw, "WOULD RELEASE\t%s\t%s\n", l.IP, l.Handle)
+	}
+	for _, n := range p.CleanupNodes {
+		fmt.Fprintf(tw, "WOULD CLEAN NODE\t%s\n", n)
+	}
+	for _, b := range p.DeleteBlocks {
+		fmt.Fprintf(tw, "WOULD DELETE BLOCK\t%s\n", b)
+	}
+	for _, f := range p.Fix {
+		fmt.Fprintf(tw, "WOULD FIX\t%s\n", f)
+	}
 }
 
 func printReport(tw *tabwriter.Writer, r *ipam.Report, res *ipam.Result, grace time.Duration) {

@@ -12,7 +12,6 @@ import (
 
 func newIPPoolCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "ippool", Short: "Create, list, show and delete IP pools"}
-	a.addOutputFlag(cmd)
 	cmd.AddCommand(ippoolCreate(a), ippoolList(a), ippoolGet(a), ippoolDelete(a))
 	return cmd
 }

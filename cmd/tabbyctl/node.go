@@ -28,7 +28,6 @@ type nodeView struct {
 
 func newNodeCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "node", Short: "Nodes registered by tabby-node: address, tunnel address, blocks, lease"}
-	a.addOutputFlag(cmd)
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Short: "List the nodes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return showNodes(cmd, a, "") },
