@@ -1,6 +1,7 @@
 package diags
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -59,16 +60,32 @@ func listKind(ctx context.Context, ds *datastore.Client, kind, prefix string) (*
 	if err != nil && !datastore.OnlyCorrupt(err) {
 		return nil, fmt.Errorf("list %s: %w", kind, err)
 	}
-	recs := make([]Record, 0, len(objs))
-	for _, o := range objs {
-		recs = append(recs, Record{Key: o.Key, Revision: o.Revision, Lease: int64(o.Lease), Value: o.Value})
-	}
-	data, merr := json.MarshalIndent(recs, "", "  ")
+	data, merr := encodeRecords(objs)
 	if merr != nil {
 		return nil, fmt.Errorf("encode %s: %w", kind, merr)
 	}
 	if err != nil {
 		err = fmt.Errorf("list %s: %w", kind, err)
 	}
-	return &File{Name: "datastore/" + kind + ".json", Data: append(data, '\n')}, err
+	return &File{Name: "datastore/" + kind + ".json", Data: data}, err
+}
+
+// encodeRecords writes a JSON array with one compact record per line: greppable, and a
+// block's allocation list does not take a screen.
+func encodeRecords(objs []datastore.Object[json.RawMessage]) ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString("[")
+	for i, o := range objs {
+		line, err := json.Marshal(Record{Key: o.Key, Revision: o.Revision, Lease: int64(o.Lease), Value: o.Value})
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString("\n")
+		b.Write(line)
+	}
+	b.WriteString("\n]\n")
+	return b.Bytes(), nil
 }

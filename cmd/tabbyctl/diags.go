@@ -2,17 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tabbynet/tabby/buildinfo"
+	"github.com/tabbynet/tabby/datastore"
 	"github.com/tabbynet/tabby/diags"
 	"github.com/tabbynet/tabby/felix/cmdrun"
 	"github.com/tabbynet/tabby/ipam"
@@ -148,7 +151,7 @@ func diagsCollectors(cmd *cobra.Command, a *app, f *diagsFlags) ([]diags.Collect
 		closeDS = func() { ds.Close() }
 		var al *ipam.Allocator
 		if al, err = ipam.New(ipam.Config{Client: ds, Logger: log}); err == nil {
-			cs = append(cs, diags.Records(ds), ipamCollector(al))
+			cs = append(cs, datastoreCollectors(ds, al)...)
 		}
 	}
 	if err != nil {
@@ -161,24 +164,42 @@ func diagsCollectors(cmd *cobra.Command, a *app, f *diagsFlags) ([]diags.Collect
 	return cs, closeDS
 }
 
-// ipamCollector keeps `ipam show` and `ipam check` (stateless, changes nothing) as JSON.
-func ipamCollector(al *ipam.Allocator) diags.Collector {
-	return diags.Func("ipam show and check", func(ctx context.Context) ([]diags.File, error) {
-		s, err := al.Show(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("ipam show: %w", err)
-		}
-		show, err := jsonFile("ipam/show.json", s)
-		if err != nil {
-			return nil, err
-		}
-		cfg := ipam.DefaultCollectorConfig()
-		cfg.Stateless = true
-		r, err := ipam.NewCollector(al, cfg).Check(ctx)
-		if err != nil {
-			return []diags.File{show}, err
-		}
-		check, err := jsonFile("ipam/check.json", r)
-		return []diags.File{show, check}, err
-	})
+// datastoreCollectors are the records and the IPAM view; when the records find etcd
+// unreachable, the IPAM view is skipped instead of waiting for it a second time.
+func datastoreCollectors(ds *datastore.Client, al *ipam.Allocator) []diags.Collector {
+	var down atomic.Bool
+	records := diags.Records(ds)
+	return []diags.Collector{
+		diags.Func(records.Name(), func(ctx context.Context) ([]diags.File, error) {
+			files, err := records.Collect(ctx)
+			down.Store(len(files) == 0 && err != nil)
+			return files, err
+		}),
+		diags.Func("ipam show and check", func(ctx context.Context) ([]diags.File, error) {
+			if down.Load() {
+				return nil, errors.New("skipped: etcd did not answer the datastore records")
+			}
+			return ipamFiles(ctx, al)
+		}),
+	}
+}
+
+// ipamFiles are `ipam show` and `ipam check` (stateless, changes nothing) as JSON.
+func ipamFiles(ctx context.Context, al *ipam.Allocator) ([]diags.File, error) {
+	s, err := al.Show(ctx)
+	if err != nil {
+		return nil, err // says "ipam show: ..."
+	}
+	show, err := jsonFile("ipam/show.json", s)
+	if err != nil {
+		return nil, err
+	}
+	cfg := ipam.DefaultCollectorConfig()
+	cfg.Stateless = true
+	r, err := ipam.NewCollector(al, cfg).Check(ctx)
+	if err != nil {
+		return []diags.File{show}, err
+	}
+	check, err := jsonFile("ipam/check.json", r)
+	return []diags.File{show, check}, err
 }
