@@ -72,7 +72,7 @@ stderr).`,
 	fl.StringVar(&f.nodeName, "nodename", envOr(getenv, "NODENAME", ""), "node name for the file name (env NODENAME; default --state-dir/nodename, else the hostname)")
 	fl.StringVar(&f.stateDir, "state-dir", envOr(getenv, "TABBY_STATE_DIR", defaultStateDir), "the agent's state directory (env TABBY_STATE_DIR)")
 	fl.StringVar(&f.healthAddr, "health-addr", envOr(getenv, "TABBY_HEALTH_ADDR", defaultHealthAddr),
-		`the agent's /metrics and /readyz address; "" to skip (env TABBY_HEALTH_ADDR)`)
+		`where the agent serves /metrics, /readyz and /healthz; "" to skip (env TABBY_HEALTH_ADDR)`)
 	fl.DurationVar(&f.timeout, "timeout", diags.DefaultTimeout, "bound on each collector (one command, the etcd reads, the agent's endpoints)")
 	return cmd
 }

@@ -93,8 +93,10 @@ func ipamGC(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "gc",
 		Short: "Free what check reports as confirmed (leaks, gone nodes, empty blocks, stale claims)",
-		Long: `gc runs one collection pass now, as the elected tabby-node does every
---ipam-gc-interval: it runs check and then frees the confirmed leaks
+		Long: `gc runs one collection pass now, the pass the elected tabby-node runs every
+--ipam-gc-interval (except that tabbyctl remembers nothing between runs, so
+the grace periods run from the allocation, see check): it runs check and
+then frees the confirmed leaks
 (re-checking each handle's owner right before, so an owner that reappeared
 keeps its address), cleans up gone nodes, returns spare empty blocks and
 removes stale claims. Every change is a compare-and-swap on the revision the

@@ -70,6 +70,9 @@ func ippoolList(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if pools == nil {
+				pools = []datastore.IPPool{} // [] rather than null for scripts
+			}
 			return a.print(cmd.OutOrStdout(), pools, func(tw *tabwriter.Writer) {
 				fmt.Fprintln(tw, "NAME\tCIDR\tBLOCK\tIPIP\tNAT\tSTRICT\tDISABLED\tSELECTOR\tIN USE")
 				use := map[string]ipam.PoolUsage{}

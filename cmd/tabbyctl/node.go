@@ -78,7 +78,7 @@ func nodeViews(ctx context.Context, ds *datastore.Client, only string) ([]nodeVi
 			byNode[n] = append(byNode[n], b.Value.CIDR)
 		}
 	}
-	var views []nodeView
+	views := []nodeView{} // [] rather than null for scripts
 	for _, n := range nodes {
 		if only != "" && n.Value.Name != only {
 			continue
