@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -23,6 +24,7 @@ import (
 // tarball back. Nothing is created in the root namespace: every change is made inside ns.
 func TestDiagsInANamespace(t *testing.T) {
 	env := netnstest.New(t)
+	before := rootView(t)
 	eps, a, ds := startEtcd(t)
 	seedRecords(t, eps, a, ds)
 	ns, err := env.NewNS("diags")
@@ -80,6 +82,12 @@ func TestDiagsInANamespace(t *testing.T) {
 		"agent/readyz.txt":                 {"HTTP 200 OK\nready"},
 		"version/tabbyctl.txt":             {"tabbyctl "},
 	})
+	if after := rootView(t); after != before {
+		t.Errorf("the root namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if legacy, err := ns.Exec(ctx, "cat", "/proc/net/ip_tables_names"); err != nil || legacy != "" {
+		t.Errorf("reading created legacy tables in %s: %q %v", ns.Name, legacy, err)
+	}
 	// The links are the namespace's, not the host's.
 	for _, m := range regexp.MustCompile(`(?m)^\d+: ([^:@]+)`).FindAllStringSubmatch(files["net/ip-link.txt"], -1) {
 		if m[1] != "lo" && m[1] != "diag0" && m[1] != "diag1" {
@@ -98,7 +106,7 @@ func TestDiagsKeepsGoingWhenEtcdIsDown(t *testing.T) {
 	}
 	t.Chdir(t.TempDir())
 	out, err := ctl(t, "http://127.0.0.1:1", "diags", "--netns", ns.Name, "--nodename", "node/b", "--state-dir", t.TempDir(),
-		"--health-addr", "", "--timeout", "3s")
+		"--health-addr", "", "--etcd-timeout", "1s")
 	if err != nil || !strings.Contains(out, "failed (see errors.txt)") {
 		t.Fatalf("diags: %v\n%s", err, out)
 	}
@@ -118,6 +126,28 @@ func TestDiagsKeepsGoingWhenEtcdIsDown(t *testing.T) {
 		t.Errorf("a missing namespace: %v", err)
 	}
 }
+
+// rootView is what diags must not change in the root namespace: links, addresses, routes,
+// the legacy tables that exist and the nft rules (without counters, which traffic moves).
+func rootView(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	for _, argv := range [][]string{{"ip", "-o", "link", "show"}, {"ip", "-o", "addr", "show"}, {"ip", "route", "show", "table", "all"},
+		{"cat", "/proc/net/ip_tables_names"}, {"iptables-nft-save"}} {
+		out, err := exec.Command(argv[0], argv[1:]...).Output()
+		if err != nil {
+			t.Fatalf("%v: %v", argv, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if !strings.HasPrefix(line, "#") {
+				b.WriteString(counters.ReplaceAllString(line, "") + "\n")
+			}
+		}
+	}
+	return b.String()
+}
+
+var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // seedRecords writes one of each record kind: pool, block, affinity, handle, node, endpoint.
 func seedRecords(t *testing.T, eps string, a *ipam.Allocator, ds *datastore.Client) {
