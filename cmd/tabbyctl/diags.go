@@ -64,7 +64,7 @@ usual. The file is written next to its final name and renamed when
 complete; -f - writes the tarball to stdout (the summary then goes to
 stderr).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runDiags(cmd, a, f, getenv) },
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDiags(cmd, a, f) },
 	}
 	fl := cmd.Flags()
 	fl.StringVarP(&f.file, "file", "f", "", "where to write the tarball; - for stdout (default tabby-diags-<node>-<UTC timestamp>.tar.gz)")
@@ -93,7 +93,7 @@ type diagsOutcome struct {
 	Errors     []string `json:"errors"`
 }
 
-func runDiags(cmd *cobra.Command, a *app, f *diagsFlags, getenv func(string) string) error {
+func runDiags(cmd *cobra.Command, a *app, f *diagsFlags) error {
 	if f.netns != "" {
 		if err := diags.CheckNetns(f.netns); err != nil {
 			return err
@@ -137,11 +137,12 @@ func printDiags(tw *tabwriter.Writer, res diagsOutcome) {
 // diagsCollectors lists the collectors in tarball order; close the datastore when done.
 func diagsCollectors(cmd *cobra.Command, a *app, f *diagsFlags) ([]diags.Collector, func()) {
 	var run cmdrun.Runner = cmdrun.Exec{}
-	client := &http.Client{}
+	tr := &http.Transport{DisableKeepAlives: true} // no Proxy: the agent is local
 	if f.netns != "" {
 		run = diags.NetnsRunner{Name: f.netns}
-		client.Transport = &http.Transport{DialContext: diags.NetnsDialer(f.netns), DisableKeepAlives: true}
+		tr.DialContext = diags.NetnsDialer(f.netns)
 	}
+	client := &http.Client{Transport: tr}
 	cs := []diags.Collector{diags.Versions("tabbyctl", buildinfo.Get("tabbyctl").String(), run, exec.LookPath)}
 	cs = append(cs, diags.Iptables(run, exec.LookPath)...)
 	cs = append(cs, diags.Network(run)...)
