@@ -1,5 +1,5 @@
-// Package versioncmd is the `version` subcommand shared by tabby-node and
-// tabbyctl, so both print the same truthful build line (or JSON for scripts).
+// Package versioncmd is tabby-node's `version` subcommand: the truthful build
+// line (or JSON for scripts). tabbyctl has its own, speaking its -o formats.
 package versioncmd
 
 import (
