@@ -16,40 +16,69 @@ type matrix struct {
 }
 
 type row struct {
-	name string
-	err  error
-	took time.Duration
+	name   string
+	err    error
+	took   time.Duration
+	detail string
 }
 
-func (m *matrix) run(name string, step func(w io.Writer) error) {
+// run runs one check; its writer's lines are shown indented under the
+// check's name, and the detail it returns goes into the closing table.
+func (m *matrix) run(name string, step func(w io.Writer) (string, error)) {
 	fmt.Fprintf(m.out, "\n== %s\n", name)
 	w := &indenter{out: m.out}
 	start := time.Now()
-	err := step(w)
+	detail, err := step(w)
 	w.Flush()
-	r := row{name: name, err: err, took: time.Since(start)}
+	r := row{name: name, err: err, took: time.Since(start), detail: detail}
 	if err != nil {
 		fmt.Fprintf(m.out, "   FAIL: %v\n", err)
+		r.detail = firstLine(err.Error())
 	}
 	m.rows = append(m.rows, r)
 }
 
+// failed records a failure outside any check (the cluster could not be
+// built), so the summary and the exit status show it.
+func (m *matrix) failed(name string, err error) {
+	fmt.Fprintf(m.out, "\nFAIL: %s: %v\n", name, err)
+	m.rows = append(m.rows, row{name: name, err: err, detail: firstLine(err.Error())})
+}
+
 // summary prints the table and returns the exit status: 1 if any step failed.
 func (m *matrix) summary() int {
-	fmt.Fprintf(m.out, "\n%-58s %-6s %s\n", "check", "result", "time")
+	fmt.Fprintf(m.out, "\nconnectivity matrix\n%-52s %-6s %8s  %s\n", "check", "result", "time", "detail")
 	failed := 0
 	for _, r := range m.rows {
 		res := "pass"
 		if r.err != nil {
 			res, failed = "FAIL", failed+1
 		}
-		fmt.Fprintf(m.out, "%-58s %-6s %v\n", r.name, res, r.took.Round(10*time.Millisecond))
+		fmt.Fprintf(m.out, "%-52s %-6s %8s  %s\n", r.name, res, fmtSeconds(r.took), r.detail)
 	}
 	fmt.Fprintf(m.out, "%d passed, %d failed\n", len(m.rows)-failed, failed)
 	if failed > 0 {
 		return 1
 	}
 	return 0
+}
+
+func (m *matrix) anyFailed() bool {
+	for _, r := range m.rows {
+		if r.err != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func fmtSeconds(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 // indenter prefixes every line a step writes, so the steps stand out.

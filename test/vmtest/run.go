@@ -35,6 +35,18 @@ type Options struct {
 	Stdout  io.Writer     // if set, receives the command's output while it runs
 	Timeout time.Duration // kills the VM; default DefaultTimeout
 	Assets  *Assets       // prepared assets; Run calls Prepare when nil
+	// Ports are virtio-serial ports for the guest, each backed by a unix
+	// socket that the caller listens on before Run: qemu connects to it as a
+	// client when it starts. In the guest, OpenPort(name) opens the port.
+	// It is a byte stream between host and guest, not a network card.
+	Ports []Port
+}
+
+// Port is one virtio-serial port: its name in the guest and the host's
+// listening unix socket that carries its bytes.
+type Port struct {
+	Name   string
+	Socket string
 }
 
 // Result is what a command run in the VM left behind.
@@ -79,7 +91,7 @@ func Run(ctx context.Context, argv []string, opts Options) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	consoleLog := filepath.Join(work, "console.log")
-	res, err := boot(ctx, qemuArgs(a, job, consoleLog), job, opts.Stdout)
+	res, err := boot(ctx, append(qemuArgs(a, job, consoleLog), portArgs(opts.Ports)...), job, opts.Stdout)
 	res.Console, _ = os.ReadFile(consoleLog)
 	if err == nil {
 		res.ExitCode, err = readStatus(job)
@@ -198,6 +210,22 @@ func qemuArgs(a *Assets, job, consoleLog string) []string {
 		"-virtfs", "local,path=/,mount_tag=" + tagHostRoot + ",security_model=none,readonly=on,multidevs=remap",
 		"-virtfs", "local,path=" + qemuEscape(job) + ",mount_tag=" + tagJob + ",security_model=none",
 	}
+}
+
+// portArgs adds a virtio-serial bus with one port per Port, each a chardev
+// that connects to the host's unix socket.
+func portArgs(ports []Port) []string {
+	if len(ports) == 0 {
+		return nil
+	}
+	args := []string{"-device", "virtio-serial-pci,id=vser0"}
+	for i, p := range ports {
+		id := fmt.Sprintf("port%d", i)
+		args = append(args,
+			"-chardev", "socket,id="+id+",path="+qemuEscape(p.Socket),
+			"-device", "virtserialport,bus=vser0.0,chardev="+id+",name="+qemuEscape(p.Name))
+	}
+	return args
 }
 
 // qemuEscape doubles commas, qemu's option separator.

@@ -185,3 +185,14 @@ func TestNotesHave(t *testing.T) {
 		t.Error("found a note that is not there")
 	}
 }
+
+func TestPortArgs(t *testing.T) {
+	if got := portArgs(nil); got != nil {
+		t.Errorf("no ports: got %q", got)
+	}
+	got := strings.Join(portArgs([]Port{{Name: "relay", Socket: "/tmp/a,b.sock"}}), " ")
+	want := "-device virtio-serial-pci,id=vser0 -chardev socket,id=port0,path=/tmp/a,,b.sock -device virtserialport,bus=vser0.0,chardev=port0,name=relay"
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
