@@ -97,7 +97,8 @@ func (c *cluster) checkPairs(ctx context.Context, w io.Writer, g *grid, local bo
 				continue
 			}
 			url := fmt.Sprintf("http://%s:%d/", to.ip, appPort)
-			body, took, tries, err := getRetry(ctx, from.ns, url, converge)
+			r := getRetryErr(ctx, from.ns, url, converge)
+			body, took, tries, err := r.body, r.took, r.tries, r.err
 			key := [2]string{from.name, to.name}
 			if err == nil && field(body, "pod") != to.name {
 				err = fmt.Errorf("%s -> %s: answered by %q", from.name, to.name, body)
@@ -109,7 +110,7 @@ func (c *cluster) checkPairs(ctx context.Context, w io.Writer, g *grid, local bo
 			}
 			g.cell[key] = fmtMs(took)
 			if tries > 1 {
-				fmt.Fprintf(w, "%s -> %s answered after %d tries (routes converging)\n", from.name, to.name, tries)
+				fmt.Fprintf(w, "%s -> %s answered after %d tries; the first failed: %v\n", from.name, to.name, tries, r.first)
 			}
 			lat = append(lat, took)
 		}

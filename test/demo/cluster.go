@@ -218,7 +218,7 @@ func (c *cluster) startAgents() error {
 			"--state-dir", n.stateDir, "--ipam-lock-file", filepath.Join(n.stateDir, "ipam.lock"),
 			"--health-addr", "127.0.0.1:9099", "--ip-autodetection-method", "interface=" + n.Iface,
 			"--default-ipv4-pool-cidr", poolCIDR, "--default-ipv4-pool-ipip", "Always",
-			"--default-ipv4-pool-nat-outgoing", "--node-ttl", "30s", "--log-level", "info"}
+			"--default-ipv4-pool-nat-outgoing", "--node-ttl", "30s", "--log-level", logLevel()}
 		logf, err := os.Create(n.logPath)
 		if err != nil {
 			return err
@@ -235,14 +235,30 @@ func (c *cluster) startAgents() error {
 	progress(c.out, "tabby-node run on %s (etcd at %s and the apiserver at %s inside each node; ipipMode Always, natOutgoing, Service NAT on)",
 		strings.Join(c.nodeNames(), ", "), etcdInNode, apiInNode(c.cfg.APIPort))
 	start := time.Now()
+	errs := make(chan error, len(c.nodes))
 	for _, n := range c.nodes {
-		if err := n.waitReady(2 * time.Minute); err != nil {
-			return err
-		}
+		go func() {
+			err := n.waitReady(2 * time.Minute)
+			if err == nil {
+				progress(c.out, "tabby-node on %s ready after %v: registered, tunl0 and routes, cali-* chains, Service NAT synced",
+					n.Name, time.Since(start).Round(100*time.Millisecond))
+			}
+			errs <- err
+		}()
 	}
-	progress(c.out, "all three agents ready (readiness file written: datastore and informers synced, first dataplane sync done) after %v",
-		time.Since(start).Round(100*time.Millisecond))
-	return nil
+	var all []error
+	for range c.nodes {
+		all = append(all, <-errs)
+	}
+	return errors.Join(all...)
+}
+
+// logLevel is the agents' --log-level: TABBY_DEMO_LOG_LEVEL or info.
+func logLevel() string {
+	if l := os.Getenv("TABBY_DEMO_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "info"
 }
 
 func (n *node) waitReady(within time.Duration) error {
@@ -297,17 +313,33 @@ func (c *cluster) agentsAlive() error {
 func (c *cluster) Close(ctx context.Context) error {
 	var errs []error
 	start := time.Now()
+	var mu sync.Mutex
 	released := 0
-	for _, p := range c.pods {
-		p.stopServing()
-		if p.added {
-			if err := p.host.Del(p.confList, p.rt); err != nil {
-				errs = append(errs, fmt.Errorf("CNI DEL %s: %w", p.name, err))
-			} else {
-				released++
+	var wg sync.WaitGroup
+	for _, n := range c.nodes { // the nodes in parallel, each node's pods in turn
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, p := range c.pods {
+				if p.node != n {
+					continue
+				}
+				p.stopServing()
+				if !p.added {
+					continue
+				}
+				err := p.host.Del(p.confList, p.rt)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("CNI DEL %s: %w", p.name, err))
+				} else {
+					released++
+				}
+				mu.Unlock()
 			}
-		}
+		}()
 	}
+	wg.Wait()
 	for _, n := range c.nodes {
 		if n.agent != nil && n.agent.Process != nil {
 			_ = n.agent.Process.Kill()

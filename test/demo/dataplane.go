@@ -43,10 +43,14 @@ func runDataplaneSomewhere(ctx context.Context, cp *controlPlane, binDir, work s
 
 // runInVM boots the VM with the relay port and runs `demo dataplane` in it.
 func runInVM(ctx context.Context, cp *controlPlane, cfg clusterConfig, work string, out io.Writer) int {
-	assets, err := vmtest.Check(ctx)
+	start := time.Now()
+	assets, err := vmtest.Check(ctx) // the first time: downloads Debian's kernel, builds the initramfs
 	if err != nil {
 		fmt.Fprintf(out, "FAIL: cannot use the VM: %v (make vm-prepare)\n", err)
 		return 1
+	}
+	if took := time.Since(start); took > time.Second {
+		progress(out, "VM assets (kernel %s, initramfs) prepared in %v", assets.KernelVersion, took.Round(time.Second))
 	}
 	sock := filepath.Join(work, "relay.sock")
 	l, err := net.Listen("unix", sock)
@@ -78,7 +82,13 @@ func runInVM(ctx context.Context, cp *controlPlane, cfg clusterConfig, work stri
 	argv := []string{self, "dataplane", "--bin", cfg.BinDir, "--kubeconfig", cfg.Kubeconfig,
 		"--api-port", strconv.Itoa(cfg.APIPort), "--relay-port", relayPort}
 	progress(out, "booting the VM ...")
-	res, err := vmtest.Run(ctx, argv, vmtest.Options{Dir: wd, Stdout: out, Timeout: 10 * time.Minute, Assets: assets,
+	var env []string // TABBY_* knobs reach the VM too
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "TABBY_") && !strings.HasPrefix(kv, vmtest.EnvInVM+"=") {
+			env = append(env, kv)
+		}
+	}
+	res, err := vmtest.Run(ctx, argv, vmtest.Options{Dir: wd, Env: env, Stdout: out, Timeout: 10 * time.Minute, Assets: assets,
 		Ports: []vmtest.Port{{Name: relayPort, Socket: sock}}})
 	if err != nil {
 		fmt.Fprintf(out, "FAIL: VM: %v\n", err)
@@ -144,11 +154,17 @@ func runDataplane(ctx context.Context, cfg clusterConfig, out io.Writer) int {
 		if err := c.addPods(2); err != nil {
 			return err
 		}
+		if err := c.waitProgrammed(ctx); err != nil {
+			return err
+		}
 		if err := c.serveOutside(); err != nil {
 			return err
 		}
 		svc, err := c.publishService(ctx)
 		if err != nil {
+			return err
+		}
+		if err := c.waitServiceNAT(ctx, len(c.pods)); err != nil {
 			return err
 		}
 		c.runChecks(ctx, m, svc)
@@ -159,6 +175,8 @@ func runDataplane(ctx context.Context, cfg clusterConfig, out io.Writer) int {
 	}
 	if m.anyFailed() {
 		c.printAgentLogs(20)
+	} else if os.Getenv("TABBY_DEMO_AGENT_LOGS") != "" {
+		c.printAgentLogs(1000)
 	}
 	progress(out, "tearing down ...")
 	if err := c.Close(context.Background()); err != nil {

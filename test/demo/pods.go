@@ -33,6 +33,7 @@ type pod struct {
 	confList *libcni.NetworkConfigList
 	rt       *libcni.RuntimeConf
 	added    bool
+	hostVeth string // the node's end of the pod's veth (cali...)
 	addTook  time.Duration
 	srv      *http.Server
 }
@@ -70,6 +71,10 @@ func (c *cluster) addPods(perNode int) error {
 					c.pods = append(c.pods, p)
 					mu.Unlock()
 				}
+				if err == nil {
+					progress(c.out, "pod %s on %s: %s, host side %s (CNI ADD through libcni: tabby + tabby-ipam, %v)",
+						p.name, n.Name, p.ip, p.hostVeth, p.addTook.Round(time.Millisecond))
+				}
 				if err != nil {
 					errs[i] = err
 					return
@@ -82,9 +87,6 @@ func (c *cluster) addPods(perNode int) error {
 		return err
 	}
 	sortPods(c.pods)
-	for _, p := range c.pods {
-		progress(c.out, "pod %-8s on %s: %-13s (CNI ADD %v)", p.name, p.node.Name, p.ip, p.addTook.Round(time.Millisecond))
-	}
 	return nil
 }
 
@@ -123,6 +125,11 @@ func (c *cluster) addPod(n *node, name string) (*pod, error) {
 		return p, fmt.Errorf("CNI ADD %s on %s: result %v, %v", name, n.Name, res, err)
 	}
 	p.ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+	for _, i := range r.Interfaces {
+		if i.Sandbox == "" {
+			p.hostVeth = i.Name
+		}
+	}
 	return p, p.serve()
 }
 
@@ -190,15 +197,32 @@ func get(ctx context.Context, ns *netnstest.NS, url string, timeout time.Duratio
 // the answer, the latency of the successful request and how many tries it
 // took (the first packets may race the agents' route and rule updates).
 func getRetry(ctx context.Context, ns *netnstest.NS, url string, within time.Duration) (string, time.Duration, int, error) {
+	r := getRetryErr(ctx, ns, url, within)
+	return r.body, r.took, r.tries, r.err
+}
+
+type getResult struct {
+	body  string
+	took  time.Duration
+	tries int
+	first error // the first failure, when tries > 1
+	err   error
+}
+
+func getRetryErr(ctx context.Context, ns *netnstest.NS, url string, within time.Duration) getResult {
 	deadline := time.Now().Add(within)
+	var first error
 	for try := 1; ; try++ {
 		start := time.Now()
 		body, err := get(ctx, ns, url, 2*time.Second)
 		if err == nil {
-			return body, time.Since(start), try, nil
+			return getResult{body: body, took: time.Since(start), tries: try, first: first}
+		}
+		if first == nil {
+			first = err
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return "", 0, try, fmt.Errorf("GET %s from %s: %w (after %d tries)", url, ns.Name, err, try)
+			return getResult{tries: try, first: first, err: fmt.Errorf("GET %s from %s: %w (after %d tries)", url, ns.Name, err, try)}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
