@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X $(PKG)/buildinfo.Version=$(VERSION) -X $(PKG)/buildinfo.Com
 GOTEST   ?= $(GO) test -count=1
 TEST_TIMEOUT ?= 30m
 
-.PHONY: help build deps test test-unit test-netns test-vm bench demo lint clean vm-prepare k8s-prepare
+.PHONY: help build deps test test-unit test-netns test-vm test-cluster bench demo lint clean vm-prepare k8s-prepare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test-netns: deps ## unit + netns tiers on the host kernel (root); VM tests skip
 
 test-vm: deps vm-prepare ## the VM tier: tests that need IPIP and other features this kernel lacks
 	$(GOTEST) -timeout $(TEST_TIMEOUT) -run '^TestVM' ./...
+
+test-cluster: deps k8s-prepare ## tabby's DaemonSet from deploy/tabby.yaml on real kubelet/containerd nodes
+	$(GOTEST) -timeout $(TEST_TIMEOUT) -v -run '^TestCluster' ./test/clusterdeploy/
 
 vm-prepare: ## download the Debian kernel and build the VM initramfs (cached)
 	$(GO) run ./test/vmtest/cmd/tabby-vm prepare

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tabbynet/tabby/cmd/internal/etcdflags"
+	cniplugin "github.com/tabbynet/tabby/cni-plugin"
 	"github.com/tabbynet/tabby/cni-plugin/install"
 )
 
@@ -46,6 +47,9 @@ unless something changed (a restart or an upgrade).`,
 				}
 				cfg.SourceDir = filepath.Dir(self)
 			}
+			if cfg.Plugins, err = pluginsToInstall(cfg); err != nil {
+				return err
+			}
 			res, err := install.Run(cfg)
 			if err != nil {
 				return err
@@ -67,6 +71,35 @@ unless something changed (a restart or an upgrade).`,
 	fs.StringVar(&cfg.LogFile, "cni-log-file", env("CNI_LOG_FILE", "/var/log/tabby/cni.log"), "the plugins' log file on the host (env CNI_LOG_FILE)")
 	fs.BoolVar(&cfg.Portmap, "portmap", env("CNI_PORTMAP", "true") == "true", "chain the portmap plugin for hostPorts (env CNI_PORTMAP)")
 	return cmd
+}
+
+// pluginsToInstall is tabby and tabby-ipam, plus the reference plugins the
+// image carries (as Calico's does): portmap, which the conflist chains for
+// hostPorts, and loopback, which containerd 1.6 runs for every pod's lo and
+// fails the sandbox without. Without portmap in the image it must already be
+// on the host: a conflist naming a plugin the runtime cannot find fails every
+// pod's ADD, so refuse to write one.
+func pluginsToInstall(cfg install.Config) ([]string, error) {
+	plugins := []string{cniplugin.Name, "tabby-ipam"}
+	if isFile(filepath.Join(cfg.SourceDir, "loopback")) {
+		plugins = append(plugins, "loopback")
+	}
+	if !cfg.Portmap {
+		return plugins, nil
+	}
+	if isFile(filepath.Join(cfg.SourceDir, "portmap")) {
+		return append(plugins, "portmap"), nil
+	}
+	if !isFile(filepath.Join(cfg.BinDir, "portmap")) {
+		return nil, fmt.Errorf("the conflist chains portmap (for hostPorts) but it is neither in %s nor in %s: "+
+			"install the CNI reference plugins on the host or set CNI_PORTMAP=false", cfg.SourceDir, cfg.BinDir)
+	}
+	return plugins, nil
+}
+
+func isFile(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }
 
 // joinEndpoints renders endpoints as the conflist's comma-separated field.

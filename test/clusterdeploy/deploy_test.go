@@ -1,0 +1,313 @@
+package clusterdeploy_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/tabbynet/tabby/datastore"
+	"github.com/tabbynet/tabby/test/clusterdeploy"
+	"github.com/tabbynet/tabby/test/clustertest"
+	"github.com/tabbynet/tabby/test/cnitest"
+	"github.com/tabbynet/tabby/test/k8stest"
+	"github.com/tabbynet/tabby/test/netnstest"
+)
+
+// manifestPath is deploy/tabby.yaml, from this package's directory.
+const manifestPath = "../../deploy/tabby.yaml"
+
+// scenario is one run of the deployment test.
+type scenario struct {
+	nodes    int
+	ipipMode datastore.IPIPMode
+	poolCIDR string
+}
+
+// deployed is a cluster with tabby applied from the manifest.
+type deployed struct {
+	c        *clustertest.Cluster
+	store    *datastore.Client
+	manifest *clusterdeploy.Manifest
+	pool     netip.Prefix
+	selector string
+}
+
+// TestClusterDaemonSetNeverMode is tabby as an operator installs it, on the host
+// kernel: one real node (containerd, runc, kubelet), deploy/tabby.yaml applied through
+// the API with a pool in ipipMode Never, then ordinary pods with tabby networking,
+// pod to pod, a NodePort and a ClusterIP Service through tabby's Service NAT, IPAM
+// released on delete, and the DaemonSet deleted and re-applied under running pods.
+func TestClusterDaemonSetNeverMode(t *testing.T) {
+	runScenario(t, scenario{nodes: 1, ipipMode: datastore.IPIPNever, poolCIDR: "10.48.0.0/16"})
+}
+
+// require skips, saying what is missing, unless a cluster can run here.
+func require(t *testing.T) *k8stest.Binaries {
+	t.Helper()
+	const what = "clusterdeploy: needs root, containerd, runc and the Kubernetes binaries of `make k8s-prepare` (run `make test-cluster`)"
+	if testing.Short() {
+		t.Skip(what + "; skipped in -short mode")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip(what + "; not root")
+	}
+	return clustertest.Require(t) // skips when containerd, runc or the binaries are missing
+}
+
+func runScenario(t *testing.T, sc scenario) {
+	testStart := time.Now()
+	bins := require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	d := deploy(ctx, t, bins, sc)
+	c := d.c
+	cs := c.Clientset()
+	node := c.Nodes[0]
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range c.Nodes {
+				logAgent(t, n)
+			}
+		}
+	})
+
+	// Ordinary pods: containerd calls tabby (from install-cni) for their network.
+	podA := runPod(ctx, t, d, "echo-a", node.Name)
+	podB := runPod(ctx, t, d, "echo-b", node.Name)
+	ipA, ipB := netip.MustParseAddr(podA.Status.PodIP), netip.MustParseAddr(podB.Status.PodIP)
+
+	// Pod to pod, from inside pod A's network namespace.
+	fromA := podDialer(ctx, t, node, podA)
+	mustGet(ctx, t, "pod A → pod B", fromA, netip.AddrPortFrom(ipB, clustertest.EchoPort).String(),
+		fmt.Sprintf("pod=echo-b local=%s:%d remote=%s:", ipB, clustertest.EchoPort, ipA))
+
+	// An outside host on the underlay, routing the pool through the node.
+	client, err := c.Underlay.AddNode("client", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := &netlink.Route{Dst: &net.IPNet{IP: net.IP(d.pool.Addr().AsSlice()), Mask: net.CIDRMask(d.pool.Bits(), 32)},
+		Gw: net.IP(node.IP().AsSlice())}
+	if err := client.Netlink().RouteAdd(route); err != nil {
+		t.Fatalf("route the pool via %s in the client: %v", node.Name, err)
+	}
+	mustGet(ctx, t, "client → pod A", client.Dial, netip.AddrPortFrom(ipA, clustertest.EchoPort).String(),
+		fmt.Sprintf("pod=echo-a local=%s:%d remote=%s:", ipA, clustertest.EchoPort, client.IP()))
+
+	// A NodePort Service over both pods, through tabby's Service NAT.
+	svc := nodePortService(ctx, t, d)
+	nodePort := netip.AddrPortFrom(node.IP(), uint16(svc.Spec.Ports[0].NodePort)).String()
+	clusterIP := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	seen := map[string]bool{}
+	for range 20 {
+		got := mustGet(ctx, t, "client → NodePort "+nodePort, client.Dial, nodePort, "pod=echo-")
+		seen[strings.Fields(got)[0]] = true
+		if len(seen) == 2 {
+			break
+		}
+	}
+	if len(seen) != 2 {
+		t.Errorf("NodePort reached only %v in 20 requests, want both pods", seen)
+	}
+	mustGet(ctx, t, "node → ClusterIP "+clusterIP, node.NS.Dial, clusterIP, "pod=echo-")
+	mustGet(ctx, t, "pod A → ClusterIP "+clusterIP, fromA, clusterIP, "pod=echo-")
+
+	// Deleting a pod releases its address and its endpoint record.
+	deleted := time.Now()
+	if err := cs.CoreV1().Pods("default").Delete(ctx, podB.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitPodGone(ctx, "default", podB.Name); err != nil {
+		t.Fatal(err)
+	}
+	waitReleased(ctx, t, d.store, ipB)
+	if weps := endpoints(ctx, t, d.store, "default", podB.Name); len(weps) > 0 {
+		t.Errorf("workload endpoint of the deleted pod still in etcd: %+v", weps)
+	}
+	t.Logf("pod delete → gone and %s released in IPAM: %s", ipB, time.Since(deleted).Round(time.Millisecond))
+
+	// Deleting the DaemonSet stops the agents gracefully: the dataplane stays.
+	deleted = time.Now()
+	if err := cs.AppsV1().DaemonSets(clusterdeploy.Namespace).Delete(ctx, clusterdeploy.DaemonSetName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPodsGone(ctx, t, c, clusterdeploy.Namespace, d.selector)
+	t.Logf("daemonset delete → agent pods gone: %s", time.Since(deleted).Round(time.Millisecond))
+	mustGet(ctx, t, "client → pod A without agent", client.Dial, netip.AddrPortFrom(ipA, clustertest.EchoPort).String(), "pod=echo-a ")
+	mustGet(ctx, t, "client → NodePort without agent", client.Dial, nodePort, "pod=echo-a ")
+
+	// Re-applying brings the agent back; old pods keep working, new ones get networking.
+	reapplied := time.Now()
+	if err := d.manifest.Apply(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	waitDaemonSetReady(ctx, t, c, clusterdeploy.Namespace, d.selector)
+	t.Logf("daemonset re-apply → Ready: %s", time.Since(reapplied).Round(time.Millisecond))
+	mustGet(ctx, t, "client → pod A after re-apply", client.Dial, netip.AddrPortFrom(ipA, clustertest.EchoPort).String(), "pod=echo-a ")
+	podC := runPod(ctx, t, d, "echo-c", node.Name)
+	ipC := netip.MustParseAddr(podC.Status.PodIP)
+	mustGet(ctx, t, "pod A → new pod C", fromA, netip.AddrPortFrom(ipC, clustertest.EchoPort).String(),
+		fmt.Sprintf("pod=echo-c local=%s:%d remote=%s:", ipC, clustertest.EchoPort, ipA))
+	mustGet(ctx, t, "client → NodePort after re-apply", client.Dial, nodePort, "pod=echo-")
+	t.Logf("whole test (cluster start included): %s", time.Since(testStart).Round(time.Millisecond))
+}
+
+// deploy starts the cluster, builds and imports the image and applies the manifest,
+// waiting until the DaemonSet is Ready on every node (and the nodes with it).
+func deploy(ctx context.Context, t *testing.T, bins *k8stest.Binaries, sc scenario) *deployed {
+	t.Helper()
+	built := time.Now()
+	archive, err := clusterdeploy.NodeImage(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("tabby-node image built in %s", time.Since(built).Round(time.Millisecond))
+	// Registered before the cluster's own clean-up, so it runs after it: the relays to
+	// etcd stay up while Close removes the pods (CNI DEL needs etcd).
+	var relays []*netnstest.Forwarder
+	t.Cleanup(func() {
+		for _, f := range relays {
+			f.Close()
+		}
+	})
+	c := clustertest.Start(t, clustertest.Options{Binaries: bins, Nodes: sc.nodes, PodCIDR: sc.poolCIDR, Images: []string{archive}})
+	d := &deployed{c: c, pool: netip.MustParsePrefix(sc.poolCIDR)}
+
+	// tabby's etcd is the cluster's own (its own prefix), relayed into every node at
+	// 127.0.0.1:2379 as a node-local etcd proxy would be.
+	target, err := url.Parse(c.Etcd.Endpoints()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		fwd, err := n.NS.Forward("127.0.0.1:2379", target.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		relays = append(relays, fwd)
+	}
+	if d.store, err = datastore.New(datastore.Config{Endpoints: c.Etcd.Endpoints()}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.store.Close() })
+
+	if d.manifest, err = clusterdeploy.LoadManifest(manifestPath); err != nil {
+		t.Fatal(err)
+	}
+	api, err := url.Parse(c.API.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.manifest.Customize(clusterdeploy.Settings{
+		Image: clusterdeploy.ImageRef,
+		Config: map[string]string{
+			"etcd_endpoints": cnitest.EtcdInNode,
+			"pool_cidr":      sc.poolCIDR,
+			"pool_ipip_mode": string(sc.ipipMode),
+		},
+		// No kube-proxy, and the kubernetes Service has no endpoints here: tabby-node
+		// reaches the apiserver through the node's relay.
+		APIServer: api.Host,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := d.manifest.DaemonSet()
+	d.selector = metav1.FormatLabelSelector(ds.Spec.Selector)
+
+	applied := time.Now()
+	if err := d.manifest.Apply(ctx, c.Clientset()); err != nil {
+		t.Fatal(err)
+	}
+	pods := waitDaemonSetReady(ctx, t, c, clusterdeploy.Namespace, d.selector)
+	t.Logf("manifest applied → tabby-node Ready on %d node(s): %s", len(pods), time.Since(applied).Round(time.Millisecond))
+	if err := c.WaitNodesReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("manifest applied → nodes Ready: %s", time.Since(applied).Round(time.Millisecond))
+	return d
+}
+
+// runPod creates an echo pod on the node and waits until it runs with an address from
+// tabby's pool that IPAM holds for it.
+func runPod(ctx context.Context, t *testing.T, d *deployed, name, node string) *corev1.Pod {
+	t.Helper()
+	pod := clustertest.EchoPod("default", name)
+	pod.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": node}
+	created := time.Now()
+	if _, err := d.c.Clientset().CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create pod %s: %v", name, err)
+	}
+	running, err := d.c.WaitPodRunning(ctx, "default", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pod %s create → Running with tabby networking (%s on %s): %s", name, running.Status.PodIP, node,
+		time.Since(created).Round(time.Millisecond))
+	ip := netip.MustParseAddr(running.Status.PodIP)
+	if !d.pool.Contains(ip) {
+		t.Fatalf("pod %s has %s, not from tabby's pool %s", name, ip, d.pool)
+	}
+	attr, held := holder(ctx, t, d.store, ip)
+	if !held || attr.Pod != name || attr.Namespace != "default" || attr.Node != node {
+		t.Fatalf("IPAM for %s: held %v by %+v, want pod default/%s on %s", ip, held, attr, name, node)
+	}
+	weps := endpoints(ctx, t, d.store, "default", name)
+	if len(weps) != 1 || len(weps[0].IPs) != 1 || weps[0].IPs[0] != ip.String()+"/32" || !strings.HasPrefix(weps[0].HostInterface, "cali") {
+		t.Fatalf("workload endpoint of %s: %+v, want one cali… with %s/32", name, weps, ip)
+	}
+	return running
+}
+
+// nodePortService exposes the echo pods on port 80 and a node port, and waits until
+// its EndpointSlice lists them.
+func nodePortService(ctx context.Context, t *testing.T, d *deployed) *corev1.Service {
+	t.Helper()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "default"},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeNodePort,
+			Selector: map[string]string{"app": "echo"},
+			Ports:    []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(clustertest.EchoPort), Protocol: corev1.ProtocolTCP}},
+		},
+	}
+	svc, err := d.c.Clientset().CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		slices, err := d.c.Clientset().DiscoveryV1().EndpointSlices("default").List(ctx,
+			metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=echo"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := 0
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.Conditions.Ready != nil && *e.Conditions.Ready {
+					ready++
+				}
+			}
+		}
+		if ready >= 2 {
+			return svc
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("service echo: %d ready endpoints, want 2", ready)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
