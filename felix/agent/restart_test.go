@@ -42,7 +42,7 @@ func restartKill9(t *testing.T, mode iptables.Mode) {
 			"--nodename", "node-a", "--log-level", "debug", "--iptables-refresh-interval", "10s",
 			"--iptables-post-write-check-interval", "200ms", "--health-addr", "127.0.0.1:9091",
 			"--state-dir", stateDir, "--ipam-lock-file", filepath.Join(stateDir, "ipam.lock"),
-			"--default-ipv4-pool-cidr", "none", "--tunnel=false",
+			"--default-ipv4-pool-cidr", "none", "--tunnel=false", "--service-proxy=off",
 			"--iptables-backend", string(mode))
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
