@@ -176,6 +176,7 @@ func (c *cluster) checkNodePort(ctx context.Context, w io.Writer, n *node) (stri
 		who = append(who, field(body, "pod")+" (saw "+hostOf(field(body, "client"))+")")
 	}
 	fmt.Fprintf(w, "external %s -> %s answered by %s\n", c.external.Addr.Addr(), url, strings.Join(who, ", "))
+	fmt.Fprintf(w, "(externalTrafficPolicy Cluster masquerades: a pod sees %s's own address, or its tunl0 address when it is on another node)\n", n.Name)
 	return fmt.Sprintf("3/3 ok, %s", latSummary(lat)), nil
 }
 

@@ -154,8 +154,8 @@ func (c *cluster) buildUnderlay(names []string) error {
 	for _, n := range c.nodes {
 		desc = append(desc, fmt.Sprintf("%s %s", n.Name, n.Addr.Addr()))
 	}
-	progress(c.out, "underlay %s (a bridge in its own namespace): %s; external host %s; outside host %s behind the underlay router",
-		underlayCIDR, strings.Join(desc, ", "), c.external.Addr.Addr(), outsideHost)
+	progress(c.out, "%s: underlay %s (a bridge in its own namespace): %s; external host %s; outside host %s behind the underlay router",
+		c.cfg.Where, underlayCIDR, strings.Join(desc, ", "), c.external.Addr.Addr(), outsideHost)
 	return nil
 }
 
