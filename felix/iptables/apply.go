@@ -34,7 +34,14 @@ func (t *Table) Apply(ctx context.Context) (Result, error) {
 	var res Result
 	now := t.opts.Now()
 	recheck := !t.recheckAt.IsZero() && !now.Before(t.recheckAt)
-	if t.kernel == nil || recheck || !now.Before(t.nextRefresh) {
+	refresh := !now.Before(t.nextRefresh)
+	if recheck && t.dirty && t.kernel != nil && !refresh {
+		// Changes wait: write them first (a wrong cached view only makes the
+		// atomic restore fail, and the next Apply re-reads); the write
+		// reschedules the post-write check anyway.
+		recheck = false
+	}
+	if t.kernel == nil || recheck || refresh {
 		if err := t.read(ctx); err != nil {
 			return res, err
 		}
@@ -89,7 +96,7 @@ func (t *Table) settle(afterRecheck, read bool) {
 		}
 	}
 	if afterRecheck {
-		t.recheckStep *= 2
+		t.recheckStep = max(2*t.recheckStep, readCostFactor*t.lastRead)
 		t.recheckAt = t.opts.Now().Add(t.recheckStep)
 		if t.recheckStep > t.opts.RefreshInterval {
 			t.recheckAt = time.Time{}
@@ -114,7 +121,10 @@ func (t *Table) commit(p *plan) {
 		delete(t.kernel.chains, name)
 	}
 	t.dirty = false
-	t.recheckStep = t.opts.PostWriteInterval
+	// The first check comes no sooner than readCostFactor reads' time, so
+	// that re-reading a big table (a second or more for 30,000 rules on
+	// nft) takes at most a tenth of the time and rarely delays a change.
+	t.recheckStep = max(t.opts.PostWriteInterval, readCostFactor*t.lastRead)
 	t.recheckAt = t.opts.Now().Add(t.recheckStep)
 	t.opts.Metrics.owned(t.name, t.kernel, t.owned)
 }
@@ -140,10 +150,14 @@ func (t *Table) read(ctx context.Context) error {
 		return fmt.Errorf("read table %s: %w", t.name, err)
 	}
 	t.kernel, t.fullPlan = kt, true
+	t.lastRead = time.Since(start)
 	t.nextRefresh = t.opts.Now().Add(t.opts.RefreshInterval)
 	t.opts.Metrics.owned(t.name, kt, t.owned)
 	return nil
 }
+
+// readCostFactor spaces post-write checks by this many times the last read.
+const readCostFactor = 10
 
 var errorLine = regexp.MustCompile(`Error occurred at line: (\d+)`)
 

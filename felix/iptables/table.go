@@ -103,6 +103,8 @@ type Table struct {
 	// recheckAt is the next post-write check (zero: none); recheckStep its interval.
 	recheckAt   time.Time
 	recheckStep time.Duration
+	// lastRead is how long the last iptables-save (and parse) took.
+	lastRead time.Duration
 }
 
 type desiredChain struct {

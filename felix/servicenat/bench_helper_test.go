@@ -5,10 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"testing"
+	"time"
 
 	cnins "github.com/containernetworking/plugins/pkg/ns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,13 +37,23 @@ const (
 )
 
 // nsPathRunner runs commands inside a named network namespace.
-type nsPathRunner struct{ ns cnins.NetNS }
+type nsPathRunner struct {
+	ns  cnins.NetNS
+	log *slog.Logger
+}
 
 func (r nsPathRunner) Run(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
 	var out []byte
 	err := r.ns.Do(func(cnins.NetNS) error {
 		var err error
+		start := time.Now()
 		out, err = cmdrun.Command(ctx, stdin, argv...)
+		if dump := os.Getenv("TABBY_SVCNAT_HELPER_DUMP"); dump != "" && len(stdin) > 1<<20 {
+			_ = os.WriteFile(dump, stdin, 0o644)
+		}
+		if r.log != nil {
+			r.log.Debug("helper: command", "argv", argv, "in", len(stdin), "out", len(out), "took", time.Since(start), "err", err)
+		}
 		return err
 	})
 	return out, err
@@ -85,7 +99,21 @@ func runHelper(name string) error {
 	if err != nil {
 		return err
 	}
-	runner, log := nsPathRunner{nsh}, quiet()
+	if path := os.Getenv("TABBY_SVCNAT_HELPER_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	runner, log := nsPathRunner{ns: nsh}, quiet()
+	if os.Getenv("TABBY_SVCNAT_HELPER_DEBUG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		runner.log = log
+	}
 	be := iptables.BackendFor(iptables.ModeNFT)
 	dp, err := dataplane.New(dataplane.Config{Rules: rules.DefaultConfig()},
 		dataplane.Deps{Backend: be, Runner: runner, Sysctl: nsPathSysctl{nsh}, Log: log})
@@ -118,6 +146,16 @@ func runHelper(name string) error {
 		return err
 	}
 	fmt.Printf("HELPER SYNCED %f\n", m.Histogram.GetSampleSum())
+	if path := os.Getenv("TABBY_SVCNAT_HELPER_HEAPPROFILE"); path != "" {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		log.Info("helper: memory", "heap_inuse_mb", ms.HeapInuse>>20, "sys_mb", ms.Sys>>20, "total_alloc_mb", ms.TotalAlloc>>20)
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 	}

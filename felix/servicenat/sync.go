@@ -223,10 +223,17 @@ func (s *syncer) register(top map[string][]iptables.Chain, svcChains []iptables.
 	return nil
 }
 
-// apply writes the tables (re-reading them first when full).
+// apply writes the tables (re-reading them first when full). A partial
+// sync writes nat first (new DNAT before the filter REJECT goes); a full one
+// writes filter first: on nft, reading any table fetches every table, so
+// filter is read while nat is cheap (at start: empty) to read.
 func (s *syncer) apply(ctx context.Context, full bool) (lines int, err error) {
 	var errs []error
-	for _, name := range Tables {
+	order := Tables
+	if full {
+		order = []string{"filter", "nat"}
+	}
+	for _, name := range order {
 		t := s.tables[name]
 		if full {
 			t.Invalidate()
