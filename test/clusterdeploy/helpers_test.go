@@ -254,3 +254,24 @@ func logAgent(t *testing.T, n *clustertest.Node) {
 		t.Logf("--- %s:\n%s", l, strings.Join(lines, "\n"))
 	}
 }
+
+// agentComplaints returns the warnings and errors of every tabby-node and
+// install-cni container so far, and of the CNI plugin.
+func agentComplaints(n *clustertest.Node) []string {
+	logs, _ := filepath.Glob(filepath.Join(n.PodLogsDir, "tabby-system_*", "*", "*.log"))
+	logs = append(logs, n.HostPath("/var/log/tabby/cni.log"))
+	var out []string
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") ||
+				strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
+				out = append(out, n.Name+": "+line)
+			}
+		}
+	}
+	return out
+}
