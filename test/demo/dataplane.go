@@ -167,6 +167,7 @@ func runDataplane(ctx context.Context, cfg clusterConfig, out io.Writer) int {
 		if err := c.waitServiceNAT(ctx, len(c.pods)); err != nil {
 			return err
 		}
+		c.showNodes(ctx)
 		c.runChecks(ctx, m, svc)
 		return c.agentsAlive()
 	}()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -80,5 +81,20 @@ func (c *cluster) pollNodes(ctx context.Context, within time.Duration, table str
 		}
 		// Not faster: under emulation every iptables-save costs the agents CPU.
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// showNodes prints the operator's view, `tabbyctl node list`, run on node-1
+// against the same etcd. It only informs: a failure is printed, not counted.
+func (c *cluster) showNodes(ctx context.Context) {
+	n := c.nodes[0]
+	out, err := n.Exec(ctx, filepath.Join(c.cfg.BinDir, "tabbyctl"), "node", "list", "--etcd-endpoints", "http://"+etcdInNode)
+	if err != nil {
+		progress(c.out, "tabbyctl node list on %s failed: %v", n.Name, err)
+		return
+	}
+	progress(c.out, "the operator's view, `tabbyctl node list` on %s:", n.Name)
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		fmt.Fprintf(c.out, "    %s\n", line)
 	}
 }
