@@ -98,9 +98,12 @@ func TestVMAgentsIPIP(t *testing.T) {
 	t.Run("Always", func(t *testing.T) { checkEncap(t, c, pods, func(string, string) bool { return true }) })
 
 	setPoolMode(t, c, datastore.IPIPCrossSubnet)
-	bBlock := blockOf(t, c, pods[1].ip)
-	waitFor(t, "node-a routes node-b's block without encapsulation", 10*time.Second, func() bool {
-		return slices.Contains(tunnelRoutes(t, c.Nodes["node-a"].Node), bBlock+" eth0")
+	// Both directions: the capture on a sender's port also counts the replies,
+	// which follow the peer's route (seen: 2 IPIP replies when only node-a had switched).
+	aBlock, bBlock := blockOf(t, c, pods[0].ip), blockOf(t, c, pods[1].ip)
+	waitFor(t, "node-a and node-b route each other's block without encapsulation", 10*time.Second, func() bool {
+		return slices.Contains(tunnelRoutes(t, c.Nodes["node-a"].Node), bBlock+" eth0") &&
+			slices.Contains(tunnelRoutes(t, c.Nodes["node-b"].Node), aBlock+" eth0")
 	})
 	sameSubnet := func(x, y string) bool { return x != "node-c" && y != "node-c" }
 	t.Run("CrossSubnet", func(t *testing.T) { checkEncap(t, c, pods, func(x, y string) bool { return !sameSubnet(x, y) }) })
