@@ -46,7 +46,7 @@ func runInVM(ctx context.Context, cp *controlPlane, cfg clusterConfig, work stri
 	start := time.Now()
 	assets, err := vmtest.Check(ctx) // the first time: downloads Debian's kernel, builds the initramfs
 	if err != nil {
-		fmt.Fprintf(out, "FAIL: cannot use the VM: %v (make vm-prepare)\n", err)
+		fmt.Fprintf(out, "FAIL: this kernel lacks IPIP and the VM cannot be used: %v\n", err)
 		return 1
 	}
 	if took := time.Since(start); took > time.Second {
@@ -58,7 +58,6 @@ func runInVM(ctx context.Context, cp *controlPlane, cfg clusterConfig, work stri
 		fmt.Fprintf(out, "FAIL: relay socket: %v\n", err)
 		return 1
 	}
-	defer l.Close()
 	relays := make(chan *relay, 1)
 	go func() {
 		conn, err := l.Accept() // qemu connects once, when it starts
@@ -69,7 +68,8 @@ func runInVM(ctx context.Context, cp *controlPlane, cfg clusterConfig, work stri
 		relays <- newRelay(conn, cp.targets())
 	}()
 	defer func() {
-		if r, ok := <-relays; ok && r != nil {
+		l.Close() // ends the Accept if qemu never connected
+		if r, ok := <-relays; ok {
 			r.Close()
 		}
 	}()
