@@ -28,7 +28,10 @@ func startControlPlane(ctx context.Context, work string, out io.Writer) (*contro
 	bins, err := k8stest.Cached(ctx)
 	if err != nil {
 		progress(out, "building kube-apiserver & co. %s from source (once: ~9 min on 2 cores; then cached in %s) ...", k8stest.Version, k8stest.CacheDir())
-		if bins, err = k8stest.Prepare(ctx); err != nil {
+		stop := heartbeat(out, 30*time.Second, "still building Kubernetes (log: "+filepath.Join(k8stest.CacheDir(), k8stest.Version, "build.log")+")")
+		bins, err = k8stest.Prepare(ctx)
+		stop()
+		if err != nil {
 			return nil, err
 		}
 		progress(out, "built in %v", bins.BuildTime.Round(time.Second))
@@ -70,4 +73,22 @@ func (cp *controlPlane) Close() {
 	if cp.etcd != nil {
 		cp.etcd.Close()
 	}
+}
+
+// heartbeat prints what until stop is called, every interval, with the
+// time it has been going on.
+func heartbeat(out io.Writer, every time.Duration, what string) (stop func()) {
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(every):
+				progress(out, "%s: %v so far", what, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return func() { close(done) }
 }
