@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -86,16 +87,8 @@ func (c *cluster) addPods(perNode int) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	sortPods(c.pods)
+	slices.SortFunc(c.pods, func(a, b *pod) int { return strings.Compare(a.name, b.name) })
 	return nil
-}
-
-func sortPods(ps []*pod) {
-	for i := 1; i < len(ps); i++ {
-		for j := i; j > 0 && ps[j].name < ps[j-1].name; j-- {
-			ps[j], ps[j-1] = ps[j-1], ps[j]
-		}
-	}
 }
 
 func (c *cluster) addPod(n *node, name string) (*pod, error) {
