@@ -156,8 +156,16 @@ func runHelper(name string) error {
 			f.Close()
 		}
 	}
+	// "STATS" on stdin: print the partial syncs' count and total seconds.
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
+		if sc.Text() == "STATS" {
+			var m dto.Metric
+			if err := p.metrics.syncSeconds.WithLabelValues("partial").(prometheus.Histogram).Write(&m); err != nil {
+				return err
+			}
+			fmt.Printf("HELPER STATS %d %f\n", m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum())
+		}
 	}
 	cancel()
 	return <-done

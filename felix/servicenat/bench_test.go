@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,14 +65,22 @@ func BenchmarkServiceNAT(b *testing.B) {
 }
 
 type benchSide struct {
+	name     string
 	ns       *netnstest.NS
 	full     time.Duration // start to the ruleset in the kernel
 	internal time.Duration // the proxy's own figure for its full sync
+	partial  time.Duration // tabby's mean partial sync (render, diff, restore)
 	changes  []time.Duration
 	rules    int
-	rssKB    int
+	mem      memInfo
 	pid      int
+	// stats asks tabby's helper for its partial syncs (count, total time).
+	stats func() (int, time.Duration)
 }
+
+// benchKubeProxyMaxEnv: sizes above this run tabby alone (kube-proxy's full
+// sync takes minutes at 5,000 services); unset or 0 means no limit.
+const benchKubeProxyMaxEnv = "TABBY_SVCNAT_BENCH_KUBEPROXY_MAX"
 
 func benchServiceNAT(b *testing.B, n int) {
 	if why := netnstest.Skip(); why != "" {
@@ -90,35 +100,50 @@ func benchServiceNAT(b *testing.B, n int) {
 	b.Logf("%d services × %d endpoints created in %v", n, benchEndpoints, time.Since(start).Round(time.Millisecond))
 	probe := SVCChain("bench/"+names[len(names)-1]+":p", "tcp")
 
-	tabby, kp := &benchSide{}, &benchSide{}
+	sides := []*benchSide{{name: "tabby"}}
+	if limit, _ := strconv.Atoi(os.Getenv(benchKubeProxyMaxEnv)); limit <= 0 || n <= limit {
+		sides = append(sides, &benchSide{name: "kube-proxy"})
+	} else {
+		b.Logf("kube-proxy skipped at %d services (%s=%d)", n, benchKubeProxyMaxEnv, limit)
+	}
 	var err error
-	for _, s := range []struct {
-		side *benchSide
-		name string
-	}{{tabby, "tabby"}, {kp, "kube-proxy"}} {
-		if s.side.ns, err = env.NewNS("bench-" + s.name); err != nil {
+	for _, side := range sides {
+		if side.ns, err = env.NewNS("bench-" + side.name); err != nil {
 			b.Fatal(err)
 		}
-		node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + s.name}}
+		// An address, or kube-proxy waits 30 s for one before it starts.
+		node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "bench-" + side.name}}
 		if err := retry(func() error {
-			_, err := client.CoreV1().Nodes().Create(context.Background(), node, metav1.CreateOptions{})
+			created, err := client.CoreV1().Nodes().Create(context.Background(), node, metav1.CreateOptions{})
+			if err != nil {
+				return err
+			}
+			created.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.0.2.1"}}
+			_, err = client.CoreV1().Nodes().UpdateStatus(context.Background(), created, metav1.UpdateOptions{})
 			return err
 		}); err != nil {
 			b.Fatal(err)
 		}
 	}
+	tabby := sides[0]
 	stopTabby := startTabbyHelper(b, tabby, api.Kubeconfig(), probe)
 	defer stopTabby()
-	startKubeProxy(b, kp, bins.KubeProxy, api, probe)
+	if len(sides) > 1 {
+		startKubeProxy(b, sides[1], bins.KubeProxy, api, probe)
+	}
 	be := iptables.BackendFor(iptables.ModeNFT)
-	for _, side := range []*benchSide{tabby, kp} {
+	for _, side := range sides {
 		side.rules = countKubeRules(fxtest.Save(b, side.ns, be, "nat") + fxtest.Save(b, side.ns, be, "filter"))
 	}
-	measureChanges(b, client, names, tabby, kp)
-	tabby.rssKB, kp.rssKB = peakRSS(tabby.pid), peakRSS(kp.pid)
-	raw, delta := rawRestore(b, env, tabby.ns, be)
-	kpRaw, kpDelta := rawRestore(b, env, kp.ns, be)
-	report(b, n, tabby, kp, raw, delta, kpRaw, kpDelta)
+	measureChanges(b, client, names, sides...)
+	for _, side := range sides {
+		side.mem = readMem(side.pid)
+	}
+	if n, sum := tabby.stats(); n > 0 {
+		tabby.partial = sum / time.Duration(n)
+	}
+	raw := rawRestore(b, env, tabby.ns, be)
+	report(b, n, sides, raw)
 }
 
 // createServices writes n ClusterIP Services and their EndpointSlices
@@ -219,6 +244,22 @@ func startTabbyHelper(b *testing.B, side *benchSide, kubeconfig, probe string) f
 	side.pid = cmd.Process.Pid
 	stop := func() { stdin.Close(); _ = cmd.Wait() }
 	lines := make(chan string, 4)
+	side.stats = func() (int, time.Duration) {
+		if _, err := io.WriteString(stdin, "STATS\n"); err != nil {
+			return 0, 0
+		}
+		select {
+		case l := <-lines:
+			var n int
+			var secs float64
+			if _, err := fmt.Sscanf(l, "HELPER STATS %d %f", &n, &secs); err != nil {
+				return 0, 0
+			}
+			return n, time.Duration(secs * float64(time.Second))
+		case <-time.After(10 * time.Second):
+			return 0, 0
+		}
+	}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -257,7 +298,7 @@ func startKubeProxy(b *testing.B, side *benchSide, bin string, api *k8stest.APIS
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { fwd.Close() })
-	logf, err := os.Create(b.TempDir() + "/kube-proxy.log")
+	logf, err := os.Create(filepath.Join(os.TempDir(), fmt.Sprintf("tabby-svcnat-kube-proxy-%d.log", os.Getpid())))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -342,24 +383,41 @@ func countKubeRules(save string) int {
 	return n
 }
 
-func peakRSS(pid int) int {
+// memInfo is a process's memory from /proc/<pid>/status, in KiB.
+type memInfo struct{ hwm, anon, file int }
+
+func readMem(pid int) memInfo {
+	var m memInfo
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return -1
+		return memInfo{-1, -1, -1}
 	}
 	for _, l := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.Atoi(strings.Fields(v)[0])
-			return kb
+		k, v, _ := strings.Cut(l, ":")
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		kb, _ := strconv.Atoi(f[0])
+		switch k {
+		case "VmHWM":
+			m.hwm = kb
+		case "RssAnon":
+			m.anon = kb
+		case "RssFile":
+			m.file = kb
 		}
 	}
-	return -1
+	return m
 }
 
-// rawRestore times iptables-restore of the namespace's nat and filter
-// tables into an empty namespace, then (median of 5) a --noflush restore
-// of one KUBE-SVC- chain rewritten in that full table.
-func rawRestore(b *testing.B, env *netnstest.Env, from *netnstest.NS, be iptables.Backend) (full, delta time.Duration) {
+// rawTimes is the kernel's limit for a ruleset: restoring it into an empty
+// namespace (median of 3, each into a fresh one) as one flushing restore
+// and with --noflush (what a proxy sharing the tables must use), and a
+// --noflush restore of one KUBE-SVC- chain into the full table (median of 5).
+type rawTimes struct{ flush, noflush, delta time.Duration }
+
+func rawRestore(b *testing.B, env *netnstest.Env, from *netnstest.NS, be iptables.Backend) rawTimes {
 	var kept []string
 	for _, l := range strings.Split(fxtest.Save(b, from, be, "nat")+fxtest.Save(b, from, be, "filter"), "\n") {
 		// felix's chains need its ipsets, kube-proxy's nfacct rule its counter.
@@ -373,17 +431,36 @@ func rawRestore(b *testing.B, env *netnstest.Env, from *netnstest.NS, be iptable
 		kept = append(kept, l)
 	}
 	save := strings.Join(kept, "\n")
-	target, err := env.NewNS("bench-raw")
-	if err != nil {
-		b.Fatal(err)
+	var rt rawTimes
+	var last *netnstest.NS
+	for _, mode := range []string{"flush", "noflush"} {
+		var times []time.Duration
+		for i := 0; i < 3; i++ {
+			target, err := env.NewNS("bench-raw")
+			if err != nil {
+				b.Fatal(err)
+			}
+			argv := []string{be.Restore, "-w", "10"}
+			if mode == "noflush" {
+				argv = append(argv, "--noflush")
+			}
+			start := time.Now()
+			if _, err := (fxtest.NSRunner{NS: target}).Run(context.Background(), []byte(save), argv...); err != nil {
+				_ = os.WriteFile(os.TempDir()+"/tabby-svcnat-raw-restore.txt", []byte(save), 0o644)
+				b.Fatalf("raw restore (input in %s/tabby-svcnat-raw-restore.txt): %v", os.TempDir(), err)
+			}
+			times = append(times, time.Since(start))
+			if last != nil {
+				_ = env.DeleteNS(last)
+			}
+			last = target
+		}
+		if mode == "flush" {
+			rt.flush = median(times)
+		} else {
+			rt.noflush = median(times)
+		}
 	}
-	r := fxtest.NSRunner{NS: target}
-	start := time.Now()
-	if _, err := r.Run(context.Background(), []byte(save), be.Restore, "-w", "10"); err != nil {
-		_ = os.WriteFile(os.TempDir()+"/tabby-svcnat-raw-restore.txt", []byte(save), 0o644)
-		b.Fatalf("raw restore (input in %s/tabby-svcnat-raw-restore.txt): %v", os.TempDir(), err)
-	}
-	full = time.Since(start)
 	var chain string
 	var lines []string
 	for _, l := range strings.Split(save, "\n") {
@@ -398,12 +475,13 @@ func rawRestore(b *testing.B, env *netnstest.Env, from *netnstest.NS, be iptable
 	var times []time.Duration
 	for i := 0; i < 5; i++ {
 		start := time.Now()
-		if _, err := r.Run(context.Background(), []byte(input), be.Restore, "-w", "10", "--noflush"); err != nil {
+		if _, err := (fxtest.NSRunner{NS: last}).Run(context.Background(), []byte(input), be.Restore, "-w", "10", "--noflush"); err != nil {
 			b.Fatalf("delta restore: %v", err)
 		}
 		times = append(times, time.Since(start))
 	}
-	return full, median(times)
+	rt.delta = median(times)
+	return rt
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -412,26 +490,52 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-func report(b *testing.B, n int, tabby, kp *benchSide, raw, delta, kpRaw, kpDelta time.Duration) {
+func report(b *testing.B, n int, sides []*benchSide, raw rawTimes) {
 	sec := func(d time.Duration) string { return fmt.Sprintf("%.3f s", d.Seconds()) }
+	tabby := sides[0]
+	kp := &benchSide{name: "kube-proxy (skipped)"}
+	if len(sides) > 1 {
+		kp = sides[1]
+		b.ReportMetric(kp.full.Seconds(), "kubeproxy-full-s")
+		b.ReportMetric(median(kp.changes).Seconds(), "kubeproxy-change-s")
+		b.ReportMetric(float64(kp.mem.hwm)/1024, "kubeproxy-rss-MB")
+	}
 	b.ReportMetric(tabby.full.Seconds(), "tabby-full-s")
-	b.ReportMetric(kp.full.Seconds(), "kubeproxy-full-s")
 	b.ReportMetric(median(tabby.changes).Seconds(), "tabby-change-s")
-	b.ReportMetric(median(kp.changes).Seconds(), "kubeproxy-change-s")
-	b.ReportMetric(float64(tabby.rssKB)/1024, "tabby-rss-MB")
-	b.ReportMetric(float64(kp.rssKB)/1024, "kubeproxy-rss-MB")
-	b.Logf("%d services × %d endpoints, iptables-nft\n"+
-		"| | tabby | kube-proxy | raw restore (tabby's rules / kube-proxy's) | goal |\n"+
+	b.ReportMetric(float64(tabby.mem.hwm)/1024, "tabby-rss-MB")
+	changes := func(s *benchSide) string {
+		if len(s.changes) == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%s %v", sec(median(s.changes)), roundAll(s.changes))
+	}
+	full := func(s *benchSide) string {
+		if s.pid == 0 {
+			return "-"
+		}
+		return sec(s.full)
+	}
+	mem := func(s *benchSide) string {
+		if s.pid == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%d MB (now %d anon + %d file)", s.mem.hwm/1024, s.mem.anon/1024, s.mem.file/1024)
+	}
+	load, _ := os.ReadFile("/proc/loadavg")
+	// Printed, not logged: a benchmark's log is cut after ten lines.
+	fmt.Printf("\n%d services × %d endpoints, iptables-nft, load average %s\n"+
+		"| | tabby | kube-proxy | kernel limit (tabby's ruleset) | goal |\n"+
 		"|---|---|---|---|---|\n"+
-		"| full sync (start → rules in kernel) | %s (own sync %s) | %s (own %s) | %s / %s | ≤ 1.3× raw: %.2f× |\n"+
-		"| one EndpointSlice change → kernel (median of 5) | %s %v | %s %v | one-chain delta %s / %s | ≤ 1.5× delta: %.2f× |\n"+
+		"| full sync (process start → rules in kernel) | %s (own sync %s) | %s | restore %s; with --noflush %s | ≤ 1.3× restore: %.2f× (%.2f× of --noflush) |\n"+
+		"| one EndpointSlice change → kernel (median of 5) | %s (own partial sync %s) | %s | one-chain delta %s | ≤ 1.5× delta: %.2f× (own sync %.2f×) |\n"+
 		"| rules (KUBE- chains and hooks, nat+filter) | %d | %d | | |\n"+
-		"| peak RSS | %d MB | %d MB | | ≤ kube-proxy |",
-		n, benchEndpoints,
-		sec(tabby.full), sec(tabby.internal), sec(kp.full), "-", sec(raw), sec(kpRaw), tabby.full.Seconds()/raw.Seconds(),
-		sec(median(tabby.changes)), roundAll(tabby.changes), sec(median(kp.changes)), roundAll(kp.changes), sec(delta), sec(kpDelta),
-		median(tabby.changes).Seconds()/delta.Seconds(),
-		tabby.rules, kp.rules, tabby.rssKB/1024, kp.rssKB/1024)
+		"| peak RSS (VmHWM) | %s | %s | | ≤ kube-proxy |\n\n",
+		n, benchEndpoints, strings.Join(strings.Fields(string(load))[:3], " "),
+		full(tabby), sec(tabby.internal), full(kp), sec(raw.flush), sec(raw.noflush),
+		tabby.full.Seconds()/raw.flush.Seconds(), tabby.full.Seconds()/raw.noflush.Seconds(),
+		changes(tabby), sec(tabby.partial), changes(kp), sec(raw.delta), median(tabby.changes).Seconds()/raw.delta.Seconds(),
+		tabby.partial.Seconds()/raw.delta.Seconds(),
+		tabby.rules, kp.rules, mem(tabby), mem(kp))
 }
 
 func roundAll(ds []time.Duration) []time.Duration {

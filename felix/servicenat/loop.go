@@ -152,13 +152,13 @@ func (p *Proxy) syncOnce(ctx context.Context, full bool, reason string) error {
 		_, err = p.sync.apply(ctx, full)
 	}
 	if err != nil {
-		p.metrics.syncFailures.WithLabelValues(kind(full)).Inc()
+		p.metrics.syncFailures.WithLabelValues(kind(full, len(co.changes))).Inc()
 		p.tr.requeueTriggers(co.triggers)
 		return err
 	}
 	now := p.deps.Now()
 	p.unsynced.Store(0)
-	p.metrics.synced(full, now.Sub(start), p.sync, co.triggers, now)
+	p.metrics.synced(kind(full, len(co.changes)), now.Sub(start), p.sync, co.triggers, now)
 	p.followUps(udp || full)
 	select {
 	case <-p.synced:

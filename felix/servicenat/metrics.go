@@ -26,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	const ns, sub = "tabby", "service_nat"
 	m := &metrics{
 		syncSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "sync_seconds",
-			Help:    "Duration of syncs (render, diff, iptables-restore), by kind: full or partial.",
+			Help:    "Duration of syncs (render, diff, iptables-restore), by kind: full, partial (Services changed) or check (a table re-read).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 18)}, []string{"kind"}),
 		syncFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "sync_failures_total",
 			Help: "Syncs whose iptables-restore failed (the next sync is full), by kind."}, []string{"kind"}),
@@ -59,15 +59,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-func kind(full bool) string {
-	if full {
+// kind names a sync for the metrics: full, partial (some Services
+// changed) or check (nothing changed; the engine re-read a table).
+func kind(full bool, changes int) string {
+	switch {
+	case full:
 		return "full"
+	case changes > 0:
+		return "partial"
 	}
-	return "partial"
+	return "check"
 }
 
-func (m *metrics) synced(full bool, took time.Duration, s *syncer, triggers []time.Time, now time.Time) {
-	m.syncSeconds.WithLabelValues(kind(full)).Observe(took.Seconds())
+func (m *metrics) synced(kind string, took time.Duration, s *syncer, triggers []time.Time, now time.Time) {
+	m.syncSeconds.WithLabelValues(kind).Observe(took.Seconds())
 	m.lastSync.Set(float64(now.UnixNano()) / 1e9)
 	for table, n := range s.rules {
 		m.rules.WithLabelValues(table).Set(float64(n))

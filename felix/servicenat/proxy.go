@@ -155,6 +155,9 @@ func clientFor(kubeconfig string) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("service proxy: kubernetes client: %w", err)
 	}
+	// Protobuf, as kube-proxy: smaller lists, less garbage while decoding.
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	c, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("service proxy: kubernetes client: %w", err)
