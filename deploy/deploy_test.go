@@ -87,6 +87,22 @@ func TestManifests(t *testing.T) {
 			t.Errorf("tabby-node lacks the %s mount", want)
 		}
 	}
+	// Without kube-proxy the agent needs the apiserver's own address: an optional
+	// ConfigMap, as Calico's kubernetes-services-endpoint.
+	optional := false
+	for _, e := range main.EnvFrom {
+		if e.ConfigMapRef != nil && e.ConfigMapRef.Name == "kubernetes-services-endpoint" && e.ConfigMapRef.Optional != nil && *e.ConfigMapRef.Optional {
+			optional = true
+		}
+	}
+	if !optional {
+		t.Error("tabby-node lacks envFrom the optional ConfigMap kubernetes-services-endpoint")
+	}
+	for _, c := range append(spec.InitContainers, spec.Containers...) {
+		if c.Image != main.Image {
+			t.Errorf("container %s runs %s, tabby-node %s: one image for both", c.Name, c.Image, main.Image)
+		}
+	}
 	for _, r := range role.Rules {
 		for _, v := range r.Verbs {
 			if v != "get" && v != "list" && v != "watch" {

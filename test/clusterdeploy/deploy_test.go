@@ -191,11 +191,18 @@ func runScenario(t *testing.T, sc scenario) {
 	waitDaemonSetReady(ctx, t, c, clusterdeploy.Namespace, d.selector)
 	t.Logf("daemonset re-apply → Ready: %s", time.Since(reapplied).Round(time.Millisecond))
 	mustGet(ctx, t, "client → pod A after re-apply", client.Dial, netip.AddrPortFrom(ipA, clustertest.EchoPort).String(), "pod=echo-a ")
-	podC := runPod(ctx, t, d, "echo-c", node.Name)
+	podC := runPod(ctx, t, d, "echo-c", node.Name, withHostPort(hostPort))
 	ipC := netip.MustParseAddr(podC.Status.PodIP)
 	mustGet(ctx, t, "pod A → new pod C", fromA, netip.AddrPortFrom(ipC, clustertest.EchoPort).String(),
 		fmt.Sprintf("pod=echo-c local=%s:%d remote=%s:", ipC, clustertest.EchoPort, ipA))
+	// Its hostPort goes through the portmap plugin install-cni put next to tabby.
+	mustGet(ctx, t, "client → pod C's hostPort", client.Dial, netip.AddrPortFrom(node.IP(), hostPort).String(),
+		fmt.Sprintf("pod=echo-c local=%s:%d remote=", ipC, clustertest.EchoPort))
+	// The agent keeps its own hooks in the nat base chains and leaves portmap's.
+	checkForeignHooks(ctx, t, node, time.Now().Add(3*time.Second))
 	mustGet(ctx, t, "client → NodePort after re-apply", client.Dial, nodePort, "pod=echo-")
+	burstOfPods(ctx, t, d, node.Name, 4)
+	t.Logf("tabby CNI ADD durations on %s (pods in creation order): %s", node.Name, strings.Join(cniAddTimes(node), "; "))
 	for _, n := range c.Nodes {
 		for _, l := range agentComplaints(n) {
 			t.Logf("agent warning: %s", l)
@@ -301,10 +308,13 @@ func deploy(ctx context.Context, t *testing.T, bins *k8stest.Binaries, sc scenar
 
 // runPod creates an echo pod on the node and waits until it runs with an address from
 // tabby's pool that IPAM holds for it.
-func runPod(ctx context.Context, t *testing.T, d *deployed, name, node string) *corev1.Pod {
+func runPod(ctx context.Context, t *testing.T, d *deployed, name, node string, mods ...func(*corev1.Pod)) *corev1.Pod {
 	t.Helper()
 	pod := clustertest.EchoPod("default", name)
 	pod.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": node}
+	for _, m := range mods {
+		m(pod)
+	}
 	created := time.Now()
 	if _, err := d.c.Clientset().CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create pod %s: %v", name, err)
@@ -328,6 +338,72 @@ func runPod(ctx context.Context, t *testing.T, d *deployed, name, node string) *
 		t.Fatalf("workload endpoint of %s: %+v, want one cali… with %s/32", name, weps, ip)
 	}
 	return running
+}
+
+// burstOfPods creates n pods on the node at once (concurrent CNI ADDs sharing the
+// node's block) and waits until all run with distinct addresses from the pool.
+func burstOfPods(ctx context.Context, t *testing.T, d *deployed, node string, n int) {
+	t.Helper()
+	created := time.Now()
+	for i := range n {
+		pod := clustertest.EchoPod("default", fmt.Sprintf("burst-%d", i))
+		pod.Labels = map[string]string{"app": "burst"}
+		pod.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": node}
+		if _, err := d.c.Clientset().CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ips := map[netip.Addr]string{}
+	for i := range n {
+		p, err := d.c.WaitPodRunning(ctx, "default", fmt.Sprintf("burst-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip := netip.MustParseAddr(p.Status.PodIP)
+		if other, dup := ips[ip]; dup || !d.pool.Contains(ip) {
+			t.Fatalf("pod %s got %s (also %q; pool %s)", p.Name, ip, other, d.pool)
+		}
+		ips[ip] = p.Name
+	}
+	t.Logf("%d pods created at once → all Running with tabby networking: %s", n, time.Since(created).Round(time.Millisecond))
+}
+
+// checkForeignHooks checks until the deadline that portmap's jumps stay in the nat
+// base chains while the agent re-checks its own, and logs those chains' rules.
+func checkForeignHooks(ctx context.Context, t *testing.T, n *clustertest.Node, until time.Time) {
+	t.Helper()
+	for {
+		out, err := n.Exec(ctx, "iptables-save", "-t", "nat")
+		if err != nil {
+			t.Fatalf("iptables-save in %s: %v", n.Name, err)
+		}
+		var hooks []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "-A PREROUTING ") || strings.HasPrefix(l, "-A OUTPUT ") || strings.HasPrefix(l, "-A POSTROUTING ") {
+				hooks = append(hooks, l)
+			}
+		}
+		all := strings.Join(hooks, "\n")
+		for _, want := range []string{"-A POSTROUTING -m comment --comment \"CNI portfwd requiring masquerade\" -j CNI-HOSTPORT-MASQ",
+			"-j CNI-HOSTPORT-DNAT"} {
+			if !strings.Contains(all, want) {
+				t.Fatalf("portmap's %q is gone from %s's nat base chains:\n%s", want, n.Name, all)
+			}
+		}
+		if time.Now().After(until) {
+			t.Logf("nat base chains on %s:\n%s", n.Name, all)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// hostPort is where pod C is published on its node.
+const hostPort = 18080
+
+// withHostPort publishes the echo port on the node's port p (CNI portmap).
+func withHostPort(p uint16) func(*corev1.Pod) {
+	return func(pod *corev1.Pod) { pod.Spec.Containers[0].Ports[0].HostPort = int32(p) }
 }
 
 // nodePortService exposes the echo pods on port 80 and a node port, and waits until

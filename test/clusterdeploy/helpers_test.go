@@ -275,3 +275,26 @@ func agentComplaints(n *clustertest.Node) []string {
 	}
 	return out
 }
+
+// cniAddTimes returns how long each of the tabby plugin's ADDs on the node took
+// (from its log's "ADD done" lines), in order, with their phases.
+func cniAddTimes(n *clustertest.Node) []string {
+	b, err := os.ReadFile(n.HostPath("/var/log/tabby/cni.log"))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		var rec struct {
+			Msg    string            `json:"msg"`
+			Plugin string            `json:"plugin"`
+			Took   time.Duration     `json:"took"`
+			Phases map[string]string `json:"phases"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil || rec.Msg != "ADD done" || rec.Plugin != "tabby" {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s %v", rec.Took.Round(time.Millisecond), rec.Phases))
+	}
+	return out
+}
