@@ -307,7 +307,34 @@ func deploy(ctx context.Context, t *testing.T, bins *k8stest.Binaries, sc scenar
 		t.Fatal(err)
 	}
 	t.Logf("manifest applied → nodes Ready: %s", time.Since(applied).Round(time.Millisecond))
+	for _, n := range c.Nodes {
+		checkInstalled(ctx, t, d, n, sc.ipipMode)
+	}
 	return d
+}
+
+// checkInstalled checks what install-cni and the agent left on the node: the plugins in
+// /opt/cni/bin, a root-only conflist, the node's record in etcd with its underlay address
+// and a tunnel address only when the pool encapsulates.
+func checkInstalled(ctx context.Context, t *testing.T, d *deployed, n *clustertest.Node, mode datastore.IPIPMode) {
+	t.Helper()
+	for _, p := range []string{"tabby", "tabby-ipam", "portmap", "loopback"} {
+		if st, err := os.Stat(n.HostPath("/opt/cni/bin/" + p)); err != nil || st.Mode().Perm() != 0o755 {
+			t.Errorf("%s: /opt/cni/bin/%s: %v", n.Name, p, err)
+		}
+	}
+	conf := n.HostPath("/etc/cni/net.d/10-tabby.conflist")
+	if st, err := os.Stat(conf); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("%s: conflist %s: %v (want mode 0600)", n.Name, conf, err)
+	}
+	rec, err := datastore.Get[datastore.Node](ctx, d.store, d.store.Keys().Node(n.Name))
+	if err != nil {
+		t.Fatalf("%s: node record: %v", n.Name, err)
+	}
+	want := n.NS.Addr.String()
+	if rec.Value.IPv4Address != want || (rec.Value.IPv4TunnelAddr != "") != (mode != datastore.IPIPNever) {
+		t.Errorf("%s: node record %+v, want address %s and a tunnel address only with IPIP (%s)", n.Name, rec.Value, want, mode)
+	}
 }
 
 // runPod creates an echo pod on the node and waits until it runs with an address from
