@@ -17,12 +17,11 @@ func newRoot() *cobra.Command {
 		Long: `tabby-node is the agent tabby runs on every node, in a DaemonSet.
 
   run          register the node, keep tunl0 and the routes to other nodes'
-               blocks, program the cali-* chains, collect leaked addresses,
-               serve /healthz, /readyz and /metrics
+               blocks, program the cali-* chains and Service NAT (in place
+               of kube-proxy), collect leaked addresses, serve /healthz,
+               /readyz and /metrics
   install-cni  install the CNI plugins and their conflist (init container)
-  version      print the build
-
-Service NAT (kube-proxy's job) is not part of this build yet.`,
+  version      print the build`,
 		SilenceUsage: true,
 	}
 	root.AddCommand(versioncmd.New("tabby-node"), newRunCmd(os.Getenv), newInstallCNICmd(os.Getenv))
