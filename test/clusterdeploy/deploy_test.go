@@ -193,7 +193,7 @@ func runScenario(t *testing.T, sc scenario) {
 		t.Fatal(err)
 	}
 	waitDaemonSetReady(ctx, t, c, clusterdeploy.Namespace, d.selector)
-	t.Logf("daemonset re-apply → Ready: %s", time.Since(reapplied).Round(time.Millisecond))
+	t.Logf("daemonset re-apply → Ready: %s (%s)", time.Since(reapplied).Round(time.Millisecond), agentVsProbe(c, reapplied))
 	mustGet(ctx, t, "client → pod A after re-apply", client.Dial, netip.AddrPortFrom(ipA, clustertest.EchoPort).String(), "pod=echo-a ")
 	podC := runPod(ctx, t, d, "echo-c", node.Name, withHostPort(hostPort))
 	ipC := netip.MustParseAddr(podC.Status.PodIP)
@@ -302,7 +302,8 @@ func deploy(ctx context.Context, t *testing.T, bins *k8stest.Binaries, sc scenar
 		t.Fatal(err)
 	}
 	pods := waitDaemonSetReady(ctx, t, c, clusterdeploy.Namespace, d.selector)
-	t.Logf("manifest applied → tabby-node Ready on %d node(s): %s", len(pods), time.Since(applied).Round(time.Millisecond))
+	t.Logf("manifest applied → tabby-node Ready on %d node(s): %s (%s)", len(pods), time.Since(applied).Round(time.Millisecond),
+		agentVsProbe(c, applied))
 	if err := c.WaitNodesReady(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -311,6 +312,23 @@ func deploy(ctx context.Context, t *testing.T, bins *k8stest.Binaries, sc scenar
 		checkInstalled(ctx, t, d, n, sc.ipipMode)
 	}
 	return d
+}
+
+// agentVsProbe says, per node, when the agent itself was ready after start and how
+// much later kubelet's readiness probe saw it (now).
+func agentVsProbe(c *clustertest.Cluster, start time.Time) string {
+	now := time.Now()
+	var parts []string
+	for _, n := range c.Nodes {
+		at := agentReadyAt(n)
+		if at.Before(start) {
+			parts = append(parts, n.Name+": agent ready time not found")
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s: agent ready after %s, seen Ready by the probe %s later", n.Name,
+			at.Sub(start).Round(time.Millisecond), now.Sub(at).Round(time.Millisecond)))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // checkInstalled checks what install-cni and the agent left on the node: the plugins in

@@ -298,3 +298,28 @@ func cniAddTimes(n *clustertest.Node) []string {
 	}
 	return out
 }
+
+// agentReadyAt is when the newest tabby-node container on the node logged that it is
+// ready (its "tabby-node: ready" line), or zero.
+func agentReadyAt(n *clustertest.Node) time.Time {
+	logs, _ := filepath.Glob(filepath.Join(n.PodLogsDir, "tabby-system_*", "tabby-node", "*.log"))
+	var last time.Time
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.Contains(line, `msg="tabby-node: ready"`) {
+				continue
+			}
+			// <CRI timestamp> stderr F time=<RFC 3339> level=INFO msg=...
+			if ts, _, ok := strings.Cut(line, " "); ok {
+				if at, err := time.Parse(time.RFC3339Nano, ts); err == nil && at.After(last) {
+					last = at
+				}
+			}
+		}
+	}
+	return last
+}
