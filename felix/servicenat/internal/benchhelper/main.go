@@ -1,22 +1,32 @@
-package servicenat
+// Command benchhelper is the tabby side of BenchmarkServiceNAT: felix's
+// dataplane and Service NAT for one node namespace, in a process of its own
+// (and a binary without the test harnesses), so that its memory compares
+// with kube-proxy's. The benchmark builds and starts it; it prints
+// "HELPER SYNCED <seconds of the full sync>" after the first sync, answers
+// "STATS" on stdin with "HELPER STATS <partial syncs> <their seconds>", and
+// exits when stdin closes. Environment: TABBY_SVCNAT_HELPER_NS (the
+// namespace's name under /var/run/netns), TABBY_SVCNAT_HELPER_NODE,
+// TABBY_SVCNAT_HELPER_KUBECONFIG; TABBY_SVCNAT_HELPER_DEBUG=1 logs every
+// command, TABBY_SVCNAT_HELPER_{CPU,HEAP}PROFILE=<file> write profiles and
+// TABBY_SVCNAT_HELPER_DUMP=<file> keeps the biggest restore input.
+package main
 
 import (
 	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"testing"
 	"time"
 
 	cnins "github.com/containernetworking/plugins/pkg/ns"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -25,16 +35,41 @@ import (
 	"github.com/tabbynet/tabby/felix/dataplane"
 	"github.com/tabbynet/tabby/felix/iptables"
 	"github.com/tabbynet/tabby/felix/rules"
+	"github.com/tabbynet/tabby/felix/servicenat"
 )
 
-// The benchmark runs tabby's Service NAT in a process of its own (this test
-// binary, re-executed), so that its memory is measured apart from the
-// benchmark's; these variables tell the child what to do.
 const (
-	helperNS         = "TABBY_SVCNAT_HELPER_NS"
 	helperNode       = "TABBY_SVCNAT_HELPER_NODE"
 	helperKubeconfig = "TABBY_SVCNAT_HELPER_KUBECONFIG"
 )
+
+func main() {
+	if err := runHelper(os.Getenv("TABBY_SVCNAT_HELPER_NS")); err != nil {
+		fmt.Println("HELPER ERROR", err)
+		os.Exit(1)
+	}
+}
+
+// syncSeconds reads tabby_service_nat_sync_seconds{kind} from the registry.
+func syncSeconds(reg *prometheus.Registry, kind string) (uint64, float64, error) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "tabby_service_nat_sync_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "kind" && l.GetValue() == kind {
+					return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum(), nil
+				}
+			}
+		}
+	}
+	return 0, 0, nil
+}
 
 // nsPathRunner runs commands inside a named network namespace.
 type nsPathRunner struct {
@@ -62,30 +97,18 @@ func (r nsPathRunner) Run(ctx context.Context, stdin []byte, argv ...string) ([]
 type nsPathSysctl struct{ ns cnins.NetNS }
 
 func (s nsPathSysctl) Get(key string) (v string, err error) {
-	err = s.ns.Do(func(cnins.NetNS) error { v, err = ProcSysctl{}.Get(key); return err })
+	err = s.ns.Do(func(cnins.NetNS) error { v, err = servicenat.ProcSysctl{}.Get(key); return err })
 	return v, err
 }
 
 func (s nsPathSysctl) Set(key, value string) error {
-	return s.ns.Do(func(cnins.NetNS) error { return ProcSysctl{}.Set(key, value) })
-}
-
-// TestBenchHelperProxy is not a test: it is the child process of
-// BenchmarkServiceNAT. It runs felix's dataplane and Service NAT for one
-// node namespace, prints "HELPER SYNCED <seconds of the full sync>" when
-// the first sync is done, and exits when its stdin closes.
-func TestBenchHelperProxy(t *testing.T) {
-	name := os.Getenv(helperNS)
-	if name == "" {
-		t.Skip("the benchmark's helper process; runs only under BenchmarkServiceNAT")
-	}
-	if err := runHelper(name); err != nil {
-		fmt.Println("HELPER ERROR", err)
-		os.Exit(1)
-	}
+	return s.ns.Do(func(cnins.NetNS) error { return servicenat.ProcSysctl{}.Set(key, value) })
 }
 
 func runHelper(name string) error {
+	if name == "" {
+		return errors.New("TABBY_SVCNAT_HELPER_NS is not set")
+	}
 	path := filepath.Join("/var/run/netns", name)
 	nsh, err := cnins.GetNS(path)
 	if err != nil {
@@ -109,7 +132,7 @@ func runHelper(name string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	runner, log := nsPathRunner{ns: nsh}, quiet()
+	runner, log := nsPathRunner{ns: nsh}, slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("TABBY_SVCNAT_HELPER_DEBUG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		runner.log = log
@@ -125,10 +148,10 @@ func runHelper(name string) error {
 	if err := dp.Apply(ctx); err != nil {
 		return err
 	}
-	cfg := DefaultConfig()
+	cfg := servicenat.DefaultConfig()
 	cfg.NodeName, cfg.Kubeconfig = os.Getenv(helperNode), os.Getenv(helperKubeconfig)
 	reg := prometheus.NewRegistry()
-	p, err := New(cfg, Deps{Tables: dp, Backend: be, Runner: runner, Conntrack: NetlinkConntrack{Handle: nl},
+	p, err := servicenat.New(cfg, servicenat.Deps{Tables: dp, Backend: be, Runner: runner, Conntrack: servicenat.NetlinkConntrack{Handle: nl},
 		Listen: func(string, string) (net.Listener, error) { return nil, errors.New("no health checks here") },
 		Sysctl: nsPathSysctl{nsh}, Registerer: reg, Log: log})
 	if err != nil {
@@ -141,11 +164,11 @@ func runHelper(name string) error {
 	case err := <-done:
 		return fmt.Errorf("stopped before syncing: %w", err)
 	}
-	var m dto.Metric
-	if err := p.metrics.syncSeconds.WithLabelValues("full").(prometheus.Histogram).Write(&m); err != nil {
+	_, sum, err := syncSeconds(reg, "full")
+	if err != nil {
 		return err
 	}
-	fmt.Printf("HELPER SYNCED %f\n", m.Histogram.GetSampleSum())
+	fmt.Printf("HELPER SYNCED %f\n", sum)
 	if path := os.Getenv("TABBY_SVCNAT_HELPER_HEAPPROFILE"); path != "" {
 		runtime.GC()
 		var ms runtime.MemStats
@@ -160,11 +183,11 @@ func runHelper(name string) error {
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		if sc.Text() == "STATS" {
-			var m dto.Metric
-			if err := p.metrics.syncSeconds.WithLabelValues("partial").(prometheus.Histogram).Write(&m); err != nil {
+			n, sum, err := syncSeconds(reg, "partial")
+			if err != nil {
 				return err
 			}
-			fmt.Printf("HELPER STATS %d %f\n", m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum())
+			fmt.Printf("HELPER STATS %d %f\n", n, sum)
 		}
 	}
 	cancel()
