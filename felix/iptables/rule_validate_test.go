@@ -24,3 +24,25 @@ func TestCommentMayMentionHashPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestRuleSpecExactSize: the spec is allocated at its exact length (the
+// kernel view keeps one per rule).
+func TestRuleSpecExactSize(t *testing.T) {
+	for _, r := range []Rule{{Action: "-j ACCEPT"}, {Match: "-i cali+", Action: "-j DROP", Comment: "x y"}, {Comment: "c", Action: "-j RETURN"}} {
+		h := RuleHash("C", r)
+		want := `-m comment --comment "` + HashPrefix + h + `"`
+		if r.Comment != "" {
+			want += ` -m comment --comment "` + r.Comment + `"`
+		}
+		if r.Match != "" {
+			want += " " + r.Match
+		}
+		want += " " + r.Action
+		if got := ruleSpec(h, r); got != want {
+			t.Errorf("ruleSpec = %q, want %q", got, want)
+		}
+		if allocs := testing.AllocsPerRun(10, func() { _ = ruleSpec(h, r) }); allocs != 1 {
+			t.Errorf("%v allocations; want 1", allocs)
+		}
+	}
+}
