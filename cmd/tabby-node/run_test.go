@@ -63,7 +63,7 @@ func TestRunRejectsBadSettings(t *testing.T) {
 
 func TestHelpIsTruthful(t *testing.T) {
 	var out bytes.Buffer
-	root := newRoot()
+	root := newRoot(envOnly(t))
 	root.SetOut(&out)
 	root.SetArgs([]string{"run", "--help"})
 	if err := root.Execute(); err != nil {
