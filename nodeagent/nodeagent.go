@@ -64,6 +64,15 @@ type Deps struct {
 	Netlink    NetlinkOpener
 }
 
+// registerer is where components register their metrics: nil (none) when
+// there is no registry, never an interface holding a nil pointer.
+func (d Deps) registerer() prometheus.Registerer {
+	if d.Registry == nil {
+		return nil
+	}
+	return d.Registry
+}
+
 // Component is a long-running part built by the command line: it runs until
 // ctx ends and closes Synced once its first dataplane sync succeeded.
 type Component interface {
@@ -74,6 +83,7 @@ type Component interface {
 // Run runs the agent until ctx ends or a component fails for good.
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	log := deps.Log.With("node", cfg.NodeName)
+	metrics := deps.registerer()
 	ds, err := datastore.New(cfg.Datastore)
 	if err != nil {
 		return err
@@ -110,12 +120,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	comps := &components{log: log}
 	comps.add("registration", nil, func(ctx context.Context) error { reg.KeepAlive(ctx); return nil })
 	if cfg.Tunnel {
-		ta := tunnel.NewAgent(tunnel.AgentConfig{Node: cfg.NodeName, Underlay: u, TunnelMTU: mtu.tunnel, Resync: cfg.RouteRefresh},
+		ta := tunnel.NewAgent(tunnel.AgentConfig{Node: cfg.NodeName, Underlay: u, TunnelMTU: mtu.tunnel, Resync: cfg.RouteRefresh,
+			Metrics: metrics},
 			ds, nl, &tunnelAddrs{alloc: alloc, reg: reg}, log)
 		comps.add("tunnel", ta.Synced(), ta.Run)
 	}
 	if deps.Felix != nil {
-		fa, err := felixagent.New(felixagent.Config{NodeName: cfg.NodeName}, ds, deps.Felix, log, deps.Registry)
+		fa, err := felixagent.New(felixagent.Config{NodeName: cfg.NodeName}, ds, deps.Felix, log, metrics)
 		if err != nil {
 			return err
 		}

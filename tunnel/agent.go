@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tabbynet/tabby/datastore"
 )
@@ -31,6 +32,9 @@ type AgentConfig struct {
 	// Coalesce is how long the agent waits after an update for more before
 	// applying; default 20 ms.
 	Coalesce time.Duration
+	// Metrics receives the agent's Prometheus metrics (tabby_tunnel_*); nil
+	// registers none.
+	Metrics prometheus.Registerer
 }
 
 // Agent keeps tunl0 and the routes to other nodes' blocks in step with etcd.
@@ -44,6 +48,7 @@ type Agent struct {
 	log     *slog.Logger
 	applier *Applier
 	synced  chan struct{} // closed after the first successful apply
+	metrics *metrics
 
 	state        state
 	tunnelAddr   netip.Addr
@@ -63,7 +68,7 @@ func NewAgent(cfg AgentConfig, store *datastore.Client, nl netlinksafe.Handle, a
 	return &Agent{
 		cfg: cfg, store: store, nl: nl, addrs: addrs, log: log.With("component", "tunnel"),
 		applier: &Applier{NL: nl, Underlay: cfg.Underlay.Iface},
-		synced:  make(chan struct{}), state: newState(),
+		synced:  make(chan struct{}), state: newState(), metrics: newMetrics(cfg.Metrics),
 	}
 }
 
@@ -81,9 +86,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	apply := time.NewTimer(time.Hour)
 	apply.Stop()
 	pending := false // an apply is armed: later updates ride along, never postpone it
-	arm := func(d time.Duration) {
+	trigger := ""    // what armed it, for the metrics
+	arm := func(d time.Duration, why string) {
 		if !pending {
-			pending = true
+			pending, trigger = true, why
 			apply.Reset(d)
 		}
 	}
@@ -106,25 +112,32 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case <-resync.C:
 			a.recheckAddr = true
+			arm(a.cfg.Coalesce, triggerResync)
+			continue
 		case <-apply.C:
 			pending = false
 			if !a.state.complete() {
 				continue
 			}
+			if !a.isSynced() {
+				trigger = triggerStart
+			}
+			start := time.Now()
 			err := a.sync(ctx)
+			a.metrics.synced(trigger, time.Since(start), err, time.Now())
 			if errors.Is(err, ErrNoIPIP) {
 				return err
 			}
 			if err != nil {
 				a.log.Error("tunnel sync failed; retrying", "error", err, "in", backoff)
-				arm(backoff)
+				arm(backoff, triggerRetry)
 				backoff = min(backoff*2, 10*time.Second)
 				continue
 			}
 			backoff = 100 * time.Millisecond
 			continue
 		}
-		arm(a.cfg.Coalesce)
+		arm(a.cfg.Coalesce, triggerUpdate)
 	}
 }
 
@@ -153,9 +166,12 @@ func (a *Agent) sync(ctx context.Context) error {
 	problems = append(problems, more...)
 	devErr := a.syncDevice(ctx, NeedsIPIP(routes))
 	if errors.Is(devErr, ErrNoIPIP) {
+		a.metrics.desired(routes, len(problems))
 		return devErr
 	}
 	res, err := a.applier.Apply(routes)
+	a.metrics.applied(res)
+	a.metrics.desired(routes, len(problems)+len(res.Conflicts))
 	if len(res.Conflicts) > 0 {
 		problems = append(problems, "destinations held by routes that are not ours: "+strings.Join(res.Conflicts, ", "))
 	}
@@ -211,6 +227,15 @@ func (a *Agent) syncDevice(ctx context.Context, ipip bool) error {
 		a.tunnelAddr = addr
 	}
 	return nil
+}
+
+func (a *Agent) isSynced() bool {
+	select {
+	case <-a.synced:
+		return true
+	default:
+		return false
+	}
 }
 
 // TunnelAddress is the address tunl0 carries now (invalid when none).

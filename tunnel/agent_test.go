@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -57,6 +58,11 @@ func newCluster(t *testing.T, mode datastore.IPIPMode) *cluster {
 
 // startNode registers a node and runs its agent until the test ends.
 func (c *cluster) startNode(t *testing.T, name string, resync time.Duration) (*netnstest.Node, *Agent) {
+	return c.startNodeWithMetrics(t, name, resync, nil)
+}
+
+// startNodeWithMetrics is startNode with the agent's metrics in reg.
+func (c *cluster) startNodeWithMetrics(t *testing.T, name string, resync time.Duration, reg prometheus.Registerer) (*netnstest.Node, *Agent) {
 	n, err := c.u.AddNode(name, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +72,7 @@ func (c *cluster) startNode(t *testing.T, name string, resync time.Duration) (*n
 	if _, err := Register(ctx, c.store, datastore.Node{Name: name, IPv4Address: n.Addr.String()}, 30*time.Second, log); err != nil {
 		t.Fatal(err)
 	}
-	ag := NewAgent(AgentConfig{Node: name, Underlay: Underlay{Iface: n.Iface, Addr: n.Addr}, Resync: resync},
+	ag := NewAgent(AgentConfig{Node: name, Underlay: Underlay{Iface: n.Iface, Addr: n.Addr}, Resync: resync, Metrics: reg},
 		c.store, n.Netlink(), fixedAddresser{}, log)
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(ctx) }()
