@@ -58,7 +58,7 @@ func TestParseSave(t *testing.T) {
 }
 
 func TestTokenizeAndTarget(t *testing.T) {
-	got := tokenize(`-m comment --comment "a \"quoted\" -j X" -g cali-fw-cali1`)
+	got := Tokenize(`-m comment --comment "a \"quoted\" -j X" -g cali-fw-cali1`)
 	want := []string{"-m", "comment", "--comment", `a "quoted" -j X`, "-g", "cali-fw-cali1"}
 	if !slices.Equal(got, want) {
 		t.Errorf("tokenize = %q", got)

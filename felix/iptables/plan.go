@@ -174,7 +174,7 @@ func (t *Table) foreignReferences() map[string]bool {
 			if r.hash != "" {
 				continue
 			}
-			if target := targetOf(tokenize(r.spec)); t.owned(target) {
+			if target := targetOf(Tokenize(r.spec)); t.owned(target) {
 				refs[target] = true
 			}
 		}

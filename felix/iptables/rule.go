@@ -132,7 +132,7 @@ func (r Rule) Target() string {
 	if !strings.Contains(r.Action, `"`) {
 		return targetOf(strings.Fields(r.Action))
 	}
-	return targetOf(tokenize(r.Action))
+	return targetOf(Tokenize(r.Action))
 }
 
 // targetOf finds the argument of the last -j/--jump/-g/--goto in tokens.
@@ -147,10 +147,10 @@ func targetOf(tokens []string) string {
 	return target
 }
 
-// tokenize splits iptables-save text on spaces, keeping double-quoted strings
+// Tokenize splits iptables-save text on spaces, keeping double-quoted strings
 // (comments) as one token without their quotes. Backslash escapes inside quotes
 // are honoured as iptables-save writes them.
-func tokenize(s string) []string {
+func Tokenize(s string) []string {
 	var tokens []string
 	var cur strings.Builder
 	inQuote, escaped, have := false, false, false

@@ -11,6 +11,8 @@ import (
 	"bufio"
 	"fmt"
 	"strings"
+
+	"github.com/tabbynet/tabby/felix/iptables"
 )
 
 // Rules is a parsed iptables-save: table → chain → rules. Policies of
@@ -83,7 +85,7 @@ func Parse(save string) (*Rules, error) {
 }
 
 func parseRule(line string) (*Rule, error) {
-	toks := tokenize(line)[2:] // drop "-A chain"
+	toks := iptables.Tokenize(line)[2:] // drop "-A chain"
 	r := &Rule{Line: line, TargetArgs: map[string]string{}}
 	neg := false
 	for i := 0; i < len(toks); i++ {
@@ -164,34 +166,4 @@ func (r *Rule) condFor(flag string) *cond {
 		return &r.Out
 	}
 	return nil
-}
-
-// tokenize splits on spaces, keeping double-quoted strings as one token.
-func tokenize(s string) []string {
-	var out []string
-	var cur strings.Builder
-	inQuote, have := false, false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '\\' && inQuote && i+1 < len(s):
-			i++
-			cur.WriteByte(s[i])
-		case c == '"':
-			inQuote, have = !inQuote, true
-		case c == ' ' && !inQuote:
-			if have {
-				out = append(out, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteByte(c)
-			have = true
-		}
-	}
-	if have {
-		out = append(out, cur.String())
-	}
-	return out
 }
