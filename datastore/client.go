@@ -39,7 +39,26 @@ type Config struct {
 	Prefix string
 	// Logger receives the client's warnings; nil means slog.Default().
 	Logger *slog.Logger
+	// OnError, when set, is told of every etcd request that failed, for a metric: op is one
+	// of the Op* names, err the error as returned. A lost compare-and-swap or an absent key is
+	// etcd answering, not a failure, and is not reported; nor is a request its caller
+	// cancelled. It is called on the request's goroutine: keep it quick.
+	OnError func(op string, err error)
 }
+
+// Request names given to Config.OnError.
+const (
+	OpGet         = "get"
+	OpList        = "list"
+	OpTxn         = "txn" // Create, Update, Delete and Apply
+	OpPing        = "ping"
+	OpLeaseGrant  = "lease_grant"
+	OpLeaseRevoke = "lease_revoke"
+	// OpWatch is a watch stream etcd ended, as a member that lost quorum does (compaction
+	// excepted); its re-list counts as a list. A stream the etcd client resumes by itself (a
+	// member restarted) is not seen here.
+	OpWatch = "watch"
+)
 
 // ConfigFromEnv reads Calico's variable names: ETCD_ENDPOINTS (comma separated),
 // ETCD_CA_CERT_FILE, ETCD_CERT_FILE and ETCD_KEY_FILE. Call Validate on the result.
@@ -126,6 +145,7 @@ type Client struct {
 	keys    Keys
 	timeout time.Duration
 	log     *slog.Logger
+	onError func(op string, err error) // nil: nobody listens
 	// owned is set when New created cli, so Close closes it.
 	owned bool
 }
@@ -160,7 +180,8 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
 	}
-	return &Client{cli: cli, keys: NewKeys(cfg.Prefix), timeout: cfg.RequestTimeout, log: cfg.Logger, owned: true}, nil
+	return &Client{cli: cli, keys: NewKeys(cfg.Prefix), timeout: cfg.RequestTimeout, log: cfg.Logger,
+		onError: cfg.OnError, owned: true}, nil
 }
 
 // NewFromEtcd wraps an existing etcd client (tests, or a binary sharing one connection).
@@ -195,8 +216,10 @@ func (c *Client) requestContext(ctx context.Context) (context.Context, context.C
 }
 
 // etcdError adds what an operator needs to an etcd failure: the operation, the key and, when
-// etcd did not answer, which endpoints were tried.
-func (c *Client) etcdError(op, key string, err error) error {
+// etcd did not answer, which endpoints were tried. It reports the failure as kind (an Op*
+// name) to OnError.
+func (c *Client) etcdError(kind, op, key string, err error) error {
+	c.failed(kind, err)
 	if key != "" {
 		op += " " + key
 	}
@@ -208,12 +231,20 @@ func (c *Client) etcdError(op, key string, err error) error {
 	return fmt.Errorf("%s: %w", op, err)
 }
 
+// failed tells OnError of a failed request, unless the caller cancelled it.
+func (c *Client) failed(kind string, err error) {
+	if c.onError == nil || errors.Is(err, context.Canceled) {
+		return
+	}
+	c.onError(kind, err)
+}
+
 // Ping checks that etcd answers a linearizable read, which needs a quorum.
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := c.requestContext(ctx)
 	defer cancel()
 	if _, err := c.cli.Get(ctx, c.keys.Prefix(), clientv3.WithCountOnly()); err != nil {
-		return c.etcdError("ping", c.keys.Prefix(), err)
+		return c.etcdError(OpPing, "ping", c.keys.Prefix(), err)
 	}
 	return nil
 }
@@ -226,7 +257,7 @@ func (c *Client) Grant(ctx context.Context, ttl time.Duration) (clientv3.LeaseID
 	secs := int64((ttl + time.Second - 1) / time.Second)
 	resp, err := c.cli.Grant(ctx, secs)
 	if err != nil {
-		return 0, c.etcdError("grant lease", fmt.Sprintf("ttl %ds", secs), err)
+		return 0, c.etcdError(OpLeaseGrant, "grant lease", fmt.Sprintf("ttl %ds", secs), err)
 	}
 	return resp.ID, nil
 }
@@ -236,7 +267,7 @@ func (c *Client) Revoke(ctx context.Context, id clientv3.LeaseID) error {
 	ctx, cancel := c.requestContext(ctx)
 	defer cancel()
 	if _, err := c.cli.Revoke(ctx, id); err != nil {
-		return c.etcdError("revoke lease", fmt.Sprintf("%x", int64(id)), err)
+		return c.etcdError(OpLeaseRevoke, "revoke lease", fmt.Sprintf("%x", int64(id)), err)
 	}
 	return nil
 }

@@ -71,7 +71,7 @@ func Get[T any](ctx context.Context, c *Client, key string) (Object[T], error) {
 	defer cancel()
 	resp, err := c.cli.Get(ctx, key)
 	if err != nil {
-		return Object[T]{}, c.etcdError("get", key, err)
+		return Object[T]{}, c.etcdError(OpGet, "get", key, err)
 	}
 	if len(resp.Kvs) == 0 {
 		return Object[T]{}, fmt.Errorf("get %s: %w", key, ErrNotFound)
@@ -121,7 +121,7 @@ func (c *Client) listRaw(ctx context.Context, prefix string) ([]KV, int64, error
 		}
 		resp, err := c.cli.Get(ctx, from, opts...)
 		if err != nil {
-			return nil, 0, c.etcdError("list", prefix, err)
+			return nil, 0, c.etcdError(OpList, "list", prefix, err)
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision

@@ -115,6 +115,7 @@ func (w *watcher) run(ctx context.Context) {
 			failures = 0
 		}
 		failures++
+		w.c.failed(OpWatch, err)
 		w.log.Warn("watch: stream broke, resuming", "from_revision", w.rev+1, "attempt", failures, "err", err)
 		w.pause(ctx, failures)
 	}

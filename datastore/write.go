@@ -144,7 +144,7 @@ func (c *Client) Apply(ctx context.Context, ops ...Op) (int64, error) {
 	defer cancel()
 	resp, err := c.cli.Txn(ctx).If(cmps...).Then(thens...).Else(elses...).Commit()
 	if err != nil {
-		return 0, c.etcdError(name, "", err)
+		return 0, c.etcdError(OpTxn, name, "", err)
 	}
 	if resp.Succeeded {
 		return resp.Header.Revision, nil

@@ -84,6 +84,9 @@ type Component interface {
 func Run(ctx context.Context, cfg Config, deps Deps) error {
 	log := deps.Log.With("node", cfg.NodeName)
 	metrics := deps.registerer()
+	if metrics != nil {
+		cfg.Datastore.OnError = datastoreErrors(metrics, cfg.Datastore.OnError)
+	}
 	ds, err := datastore.New(cfg.Datastore)
 	if err != nil {
 		return err
