@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tabbynet/tabby/datastore"
+	"github.com/tabbynet/tabby/ipam"
 	"github.com/tabbynet/tabby/test/etcdtest"
 )
 
@@ -87,4 +88,78 @@ func TestDatastoreErrors(t *testing.T) {
 	if chained != 3 {
 		t.Errorf("the hook chained in was called %d times, want 3", chained)
 	}
+}
+
+// TestIPAMCollector: the gauges count this node's block and its two
+// allocations (not another node's), a scrape within the cache period reuses
+// the last read, and with etcd stopped a scrape returns within the timeout
+// without the gauges and counts a read error.
+func TestIPAMCollector(t *testing.T) {
+	cl := etcdtest.Start(t, etcdtest.Options{})
+	ds, err := datastore.New(datastore.Config{Endpoints: cl.Endpoints(), RequestTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ds.Close()
+	alloc, err := ipam.New(ipam.Config{Client: ds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := alloc.CreatePool(ctx, datastore.IPPool{Name: "p", CIDR: "10.9.0.0/24", BlockSize: 26}); err != nil {
+		t.Fatal(err)
+	}
+	assign := func(node, handle string) {
+		t.Helper()
+		if _, err := alloc.Assign(ctx, ipam.Request{Handle: handle, Node: node}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assign("n1", "net.c1")
+	assign("n1", "net.c2")
+	assign("n2", "net.c3")
+
+	now := time.Now()
+	col := newIPAMCollector("n1", alloc.NodeBlocks)
+	col.now = func() time.Time { return now }
+	col.timeout = 500 * time.Millisecond
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(col)
+	expect := func(want map[string]float64) {
+		t.Helper()
+		for name, v := range want {
+			got, ok := gathered(t, reg, name, map[string]string{"node": "n1"})
+			if v < 0 {
+				if ok {
+					t.Errorf("%s = %v, want none", name, got)
+				}
+				continue
+			}
+			if !ok || got != v {
+				t.Errorf("%s = %v (present %v), want %v", name, got, ok, v)
+			}
+		}
+	}
+	expect(map[string]float64{"tabby_ipam_blocks": 1, "tabby_ipam_allocations": 2, "tabby_ipam_block_capacity": 64,
+		"tabby_ipam_read_errors_total": 0})
+
+	assign("n1", "net.c4")
+	now = now.Add(time.Second)
+	expect(map[string]float64{"tabby_ipam_allocations": 2}) // cached
+	now = now.Add(ipamCacheFor)
+	expect(map[string]float64{"tabby_ipam_allocations": 3})
+
+	if err := cl.Stop(0); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(ipamCacheFor)
+	start := time.Now()
+	expect(map[string]float64{"tabby_ipam_blocks": -1, "tabby_ipam_allocations": -1, "tabby_ipam_block_capacity": -1,
+		"tabby_ipam_read_errors_total": 1})
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("a scrape with etcd down took %v; the read timeout is 500 ms", took)
+	}
+	// The failure is cached too: etcd is not asked again at once.
+	expect(map[string]float64{"tabby_ipam_read_errors_total": 1})
 }

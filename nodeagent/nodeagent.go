@@ -99,6 +99,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err != nil {
 		return err
 	}
+	if metrics != nil {
+		metrics.MustRegister(newIPAMCollector(cfg.NodeName, alloc.NodeBlocks))
+	}
 	if err := ensureDefaultPool(ctx, alloc, cfg.DefaultPool, log); err != nil {
 		return err
 	}
