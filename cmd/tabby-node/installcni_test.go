@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,5 +36,18 @@ func TestPluginsToInstallPortmap(t *testing.T) {
 	write(filepath.Join(src, "loopback"))
 	if got, err := pluginsToInstall(cfg); err != nil || !slices.Contains(got, "loopback") {
 		t.Errorf("loopback in the image: %v, %v; want it installed", got, err)
+	}
+}
+
+func TestInstallCNIRejectsBadEnvironment(t *testing.T) {
+	for name, val := range map[string]string{"CNI_MTU": "auto", "CNI_PORTMAP": "on please"} {
+		env := map[string]string{name: val, "ETCD_ENDPOINTS": "http://127.0.0.1:2379"}
+		cmd := newInstallCNICmd(func(k string) string { return env[k] })
+		cmd.SetArgs([]string{"--source-dir", t.TempDir(), "--cni-bin-dir", t.TempDir(), "--cni-net-dir", t.TempDir()})
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s=%q: %v, want an error naming %s", name, val, err, name)
+		}
 	}
 }

@@ -40,7 +40,7 @@ type runFlags struct {
 	markMask       string
 	endpointToHost string
 	logLevel       string
-	envErrs        []error
+	env            *envDefaults // its errs: environment values that did not parse
 	agent          nodeagent.Config
 	poolCIDR       string
 	poolIPIP       string
@@ -50,25 +50,9 @@ type runFlags struct {
 }
 
 func bindRunFlags(fs *pflag.FlagSet, getenv func(string) string) *runFlags {
-	f := &runFlags{etcd: etcdflags.Bind(fs, getenv)}
-	str := func(env, def string) string {
-		if v := strings.TrimSpace(getenv(env)); v != "" {
-			return v
-		}
-		return def
-	}
-	dur := func(env string, def time.Duration) time.Duration {
-		v := strings.TrimSpace(getenv(env))
-		if v == "" {
-			return def
-		}
-		d, err := parseSeconds(v)
-		if err != nil {
-			f.envErrs = append(f.envErrs, fmt.Errorf("%s: %w", env, err))
-			return def
-		}
-		return d
-	}
+	e := &envDefaults{getenv: getenv}
+	f := &runFlags{etcd: etcdflags.Bind(fs, getenv), env: e}
+	str, dur := e.str, e.dur
 	fs.StringVar(&f.nodeName, "nodename", str("NODENAME", ""), "this node's name in etcd (env NODENAME; default: the hostname)")
 	fs.StringVar(&f.backend, "iptables-backend", str("FELIX_IPTABLESBACKEND", "auto"),
 		"iptables backend: auto (kubelet/kube-proxy markers, then rule counts), nft or legacy (env FELIX_IPTABLESBACKEND)")
@@ -83,14 +67,15 @@ func bindRunFlags(fs *pflag.FlagSet, getenv func(string) string) *runFlags {
 	fs.StringVar(&f.endpointToHost, "default-endpoint-to-host-action", str("FELIX_DEFAULTENDPOINTTOHOSTACTION", rules.DefaultEndpointToHost),
 		"verdict for pod-to-own-node traffic: ACCEPT, DROP or RETURN (env FELIX_DEFAULTENDPOINTTOHOSTACTION)")
 	fs.StringVar(&f.logLevel, "log-level", str("FELIX_LOGSEVERITYSCREEN", "info"), "debug, info, warn or error (env FELIX_LOGSEVERITYSCREEN)")
-	bindAgentFlags(fs, f, str, dur, getenv)
+	bindAgentFlags(fs, f)
 	f.proxy = servicenat.BindFlags(fs, getenv)
 	return f
 }
 
 // bindAgentFlags binds what is not felix's: the node, the tunnel, IPAM and health.
-func bindAgentFlags(fs *pflag.FlagSet, f *runFlags, str func(string, string) string, dur func(string, time.Duration) time.Duration, getenv func(string) string) {
-	a := &f.agent
+func bindAgentFlags(fs *pflag.FlagSet, f *runFlags) {
+	a, e := &f.agent, f.env
+	str, dur := e.str, e.dur
 	fs.StringVar(&a.IP, "ip", str("IP", "autodetect"), "this node's underlay address as <ip>/<prefix>, or autodetect (env IP)")
 	fs.StringVar(&a.IPAutodetectionMethod, "ip-autodetection-method", str("IP_AUTODETECTION_METHOD", "first-found"),
 		"first-found, interface=<regex>, can-reach=<ip> (env IP_AUTODETECTION_METHOD)")
@@ -98,18 +83,18 @@ func bindAgentFlags(fs *pflag.FlagSet, f *runFlags, str func(string, string) str
 		"where the node name, pod MTU and readiness files for the CNI plugin go (env TABBY_STATE_DIR)")
 	fs.DurationVar(&a.NodeTTL, "node-ttl", dur("TABBY_NODE_TTL", nodeagent.DefaultNodeTTL),
 		"lease of the node record: other nodes drop routes to this node this long after the agent is gone (env TABBY_NODE_TTL)")
-	fs.IntVar(&a.TunnelMTU, "tunnel-mtu", atoiOr(getenv("FELIX_IPINIPMTU"), 0), "tunl0 MTU; 0: underlay MTU - 20 (env FELIX_IPINIPMTU)")
+	fs.IntVar(&a.TunnelMTU, "tunnel-mtu", e.integer("FELIX_IPINIPMTU", 0), "tunl0 MTU; 0: underlay MTU - 20 (env FELIX_IPINIPMTU)")
 	fs.DurationVar(&a.RouteRefresh, "route-refresh-interval", dur("FELIX_ROUTEREFRESHINTERVAL", 90*time.Second),
 		"full re-apply of the tunnel routes that repairs drift (env FELIX_ROUTEREFRESHINTERVAL)")
-	fs.BoolVar(&a.Tunnel, "tunnel", str("TABBY_TUNNEL", "true") == "true", "run the tunnel (tunl0 and routes to other nodes' blocks) (env TABBY_TUNNEL)")
-	fs.BoolVar(&f.felix, "felix", str("TABBY_FELIX", "true") == "true", "run felix (the cali-* iptables chains) (env TABBY_FELIX)")
+	fs.BoolVar(&a.Tunnel, "tunnel", e.boolean("TABBY_TUNNEL", true), "run the tunnel (tunl0 and routes to other nodes' blocks) (env TABBY_TUNNEL)")
+	fs.BoolVar(&f.felix, "felix", e.boolean("TABBY_FELIX", true), "run felix (the cali-* iptables chains) (env TABBY_FELIX)")
 	fs.StringVar(&f.poolCIDR, "default-ipv4-pool-cidr", str("CALICO_IPV4POOL_CIDR", "10.244.0.0/16"),
 		`pool created on first start when none exists; "none" for none (env CALICO_IPV4POOL_CIDR)`)
-	fs.IntVar(&a.DefaultPool.BlockSize, "default-ipv4-pool-block-size", atoiOr(getenv("CALICO_IPV4POOL_BLOCK_SIZE"), 26),
+	fs.IntVar(&a.DefaultPool.BlockSize, "default-ipv4-pool-block-size", e.integer("CALICO_IPV4POOL_BLOCK_SIZE", 26),
 		"block size of the default pool (env CALICO_IPV4POOL_BLOCK_SIZE)")
 	fs.StringVar(&f.poolIPIP, "default-ipv4-pool-ipip", str("CALICO_IPV4POOL_IPIP", "Always"),
 		"ipipMode of the default pool: Always, CrossSubnet or Never (env CALICO_IPV4POOL_IPIP)")
-	fs.BoolVar(&f.poolNAT, "default-ipv4-pool-nat-outgoing", str("CALICO_IPV4POOL_NAT_OUTGOING", "true") == "true",
+	fs.BoolVar(&f.poolNAT, "default-ipv4-pool-nat-outgoing", e.boolean("CALICO_IPV4POOL_NAT_OUTGOING", true),
 		"natOutgoing of the default pool (env CALICO_IPV4POOL_NAT_OUTGOING)")
 	fs.StringVar(&a.IPAMLockFile, "ipam-lock-file", str("TABBY_IPAM_LOCK_FILE", ipam.DefaultLockFile),
 		"the lock tabby-ipam processes of this host share (env TABBY_IPAM_LOCK_FILE)")
@@ -119,21 +104,6 @@ func bindAgentFlags(fs *pflag.FlagSet, f *runFlags, str func(string, string) str
 		"how long an address without a live pod waits before it is freed (env TABBY_IPAM_LEAK_GRACE)")
 	fs.StringVar(&a.HealthAddr, "health-addr", str("TABBY_HEALTH_ADDR", nodeagent.DefaultHealthAddr),
 		`serve /healthz, /readyz and Prometheus /metrics here; "" for off (env TABBY_HEALTH_ADDR)`)
-}
-
-func atoiOr(s string, def int) int {
-	if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil {
-		return n
-	}
-	return def
-}
-
-// parseSeconds accepts Calico's plain seconds ("90") or a Go duration ("90s").
-func parseSeconds(v string) (time.Duration, error) {
-	if n, err := strconv.ParseFloat(v, 64); err == nil {
-		return time.Duration(n * float64(time.Second)), nil
-	}
-	return time.ParseDuration(v)
 }
 
 func newRunCmd(getenv func(string) string) *cobra.Command {
@@ -180,8 +150,8 @@ func run(ctx context.Context, f *runFlags) error {
 	if err != nil {
 		return err
 	}
-	if len(f.envErrs) > 0 {
-		return errors.Join(f.envErrs...)
+	if len(f.env.errs) > 0 {
+		return errors.Join(f.env.errs...)
 	}
 	if f.nodeName == "" {
 		if f.nodeName, err = os.Hostname(); err != nil {

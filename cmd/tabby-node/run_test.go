@@ -41,6 +41,11 @@ func TestRunRejectsBadSettings(t *testing.T) {
 		want string
 	}{
 		{env: map[string]string{"FELIX_IPTABLESREFRESHINTERVAL": "often"}, want: "FELIX_IPTABLESREFRESHINTERVAL"},
+		{env: map[string]string{"CALICO_IPV4POOL_BLOCK_SIZE": "twenty-six"}, want: "CALICO_IPV4POOL_BLOCK_SIZE"},
+		{env: map[string]string{"FELIX_IPINIPMTU": "1480 bytes"}, want: "FELIX_IPINIPMTU"},
+		{env: map[string]string{"CALICO_IPV4POOL_NAT_OUTGOING": "yes please"}, want: "CALICO_IPV4POOL_NAT_OUTGOING"},
+		{env: map[string]string{"TABBY_TUNNEL": "maybe"}, want: "TABBY_TUNNEL"},
+		{env: map[string]string{"TABBY_FELIX": "enabled"}, want: "TABBY_FELIX"},
 		{args: []string{"--iptables-mark-mask=0xffffc000"}, want: "kube-proxy"},
 		{args: []string{"--default-endpoint-to-host-action=maybe"}, want: "endpoint-to-host"},
 		{args: []string{"--iptables-backend=ebpf"}, want: "backend"},
@@ -85,5 +90,20 @@ func TestAgentConfigRejectsABadNodeName(t *testing.T) {
 	}
 	if _, err := agentConfig(f); err == nil || !strings.Contains(err.Error(), "--nodename") {
 		t.Errorf("agentConfig with node name a/b: %v", err)
+	}
+}
+
+// Booleans read as Calico's do (strconv.ParseBool): "True" is true, not a
+// silent false.
+func TestRunBooleansFromEnv(t *testing.T) {
+	env := map[string]string{"TABBY_TUNNEL": "False", "TABBY_FELIX": "0", "CALICO_IPV4POOL_NAT_OUTGOING": "TRUE", "CALICO_IPV4POOL_BLOCK_SIZE": " 28 "}
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	f := bindRunFlags(fs, func(k string) string { return env[k] })
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if f.agent.Tunnel || f.felix || !f.poolNAT || f.agent.DefaultPool.BlockSize != 28 || len(f.env.errs) != 0 {
+		t.Errorf("tunnel %v, felix %v, natOutgoing %v, block %d, errors %v; want false, false, true, 28, none",
+			f.agent.Tunnel, f.felix, f.poolNAT, f.agent.DefaultPool.BlockSize, f.env.errs)
 	}
 }
