@@ -7,7 +7,9 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -103,11 +105,26 @@ func TestManifests(t *testing.T) {
 			t.Errorf("container %s runs %s, tabby-node %s: one image for both", c.Name, c.Image, main.Image)
 		}
 	}
+	// What Service NAT's informers read (felix/servicenat/informers.go), and
+	// nothing more: list and watch, no get, no writes.
+	granted := map[string]bool{}
 	for _, r := range role.Rules {
-		for _, v := range r.Verbs {
-			if v != "get" && v != "list" && v != "watch" {
-				t.Errorf("ClusterRole grants %q on %v: tabby-node only reads the API", v, r.Resources)
+		if len(r.ResourceNames) > 0 || len(r.NonResourceURLs) > 0 {
+			t.Errorf("ClusterRole rule %+v: want plain resource rules", r)
+		}
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					granted[g+"/"+res+":"+v] = true
+				}
 			}
 		}
+	}
+	want := map[string]bool{}
+	for _, gr := range []string{"/services", "/nodes", "discovery.k8s.io/endpointslices"} {
+		want[gr+":list"], want[gr+":watch"] = true, true
+	}
+	if !maps.Equal(granted, want) {
+		t.Errorf("ClusterRole grants %v, want exactly %v: tabby-node only lists and watches these", slices.Sorted(maps.Keys(granted)), slices.Sorted(maps.Keys(want)))
 	}
 }
