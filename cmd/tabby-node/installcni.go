@@ -22,9 +22,13 @@ func newInstallCNICmd(getenv func(string) string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "install-cni",
 		Short: "Install the tabby CNI plugins and their conflist on this node (the DaemonSet's init container)",
-		Long: `install-cni copies tabby and tabby-ipam into the host's CNI bin directory
-and writes the conflist (tabby with tabby-ipam, then portmap for hostPorts)
-into the host's CNI config directory with mode 0600. The conflist is checked
+		Long: `install-cni copies tabby and tabby-ipam, and the portmap and loopback
+reference plugins when they are next to it (the image carries them), into the
+host's CNI bin directory and writes the conflist (tabby with tabby-ipam, then
+portmap for hostPorts unless CNI_PORTMAP=false) into the host's CNI config
+directory with mode 0600. If the conflist chains portmap and neither the image
+nor the host has it, install-cni stops instead of writing a conflist that
+fails every pod. The conflist is checked
 the way libcni and the plugin read it before anything is written; every file
 lands atomically (temp file, fsync, rename); etcd TLS files are copied next
 to the conflist (tabby-tls/, root only). Running it again changes nothing

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"os"
 	"path/filepath"
@@ -48,6 +49,21 @@ func TestInstallCNIRejectsBadEnvironment(t *testing.T) {
 		cmd.SetErr(io.Discard)
 		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("%s=%q: %v, want an error naming %s", name, val, err, name)
+		}
+	}
+}
+
+func TestInstallCNIHelpIsTruthful(t *testing.T) {
+	var out bytes.Buffer
+	root := newRoot(envOnly(t))
+	root.SetOut(&out)
+	root.SetArgs([]string{"install-cni", "--help"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"tabby-ipam", "portmap", "loopback", "CNI_PORTMAP", "0600", "--cni-bin-dir", "CNI_MTU", "ETCD_ENDPOINTS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("install-cni --help lacks %q", want)
 		}
 	}
 }
