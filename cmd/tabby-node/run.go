@@ -153,6 +153,13 @@ func run(ctx context.Context, f *runFlags) error {
 	if len(f.env.errs) > 0 {
 		return errors.Join(f.env.errs...)
 	}
+	if !f.proxy.Enabled {
+		// servicenat.New validates when Service NAT is on; off, its
+		// TABBY_PROXY_* variables must still parse rather than be ignored.
+		if err := f.proxy.Validate(); err != nil {
+			return err
+		}
+	}
 	if f.nodeName == "" {
 		if f.nodeName, err = os.Hostname(); err != nil {
 			return fmt.Errorf("no --nodename and no hostname: %w", err)

@@ -46,6 +46,7 @@ func TestRunRejectsBadSettings(t *testing.T) {
 		{env: map[string]string{"CALICO_IPV4POOL_NAT_OUTGOING": "yes please"}, want: "CALICO_IPV4POOL_NAT_OUTGOING"},
 		{env: map[string]string{"TABBY_TUNNEL": "maybe"}, want: "TABBY_TUNNEL"},
 		{env: map[string]string{"TABBY_FELIX": "enabled"}, want: "TABBY_FELIX"},
+		{env: map[string]string{"TABBY_SERVICE_PROXY": "off", "TABBY_PROXY_MIN_SYNC_PERIOD": "soon"}, want: "TABBY_PROXY_MIN_SYNC_PERIOD"},
 		{args: []string{"--iptables-mark-mask=0xffffc000"}, want: "kube-proxy"},
 		{args: []string{"--default-endpoint-to-host-action=maybe"}, want: "endpoint-to-host"},
 		{args: []string{"--iptables-backend=ebpf"}, want: "backend"},
