@@ -51,12 +51,17 @@ func TestManifests(t *testing.T) {
 	objs := decodeAll(t, "tabby.yaml")
 	var ds *appsv1.DaemonSet
 	var role *rbacv1.ClusterRole
+	var cm *corev1.ConfigMap
 	for _, o := range objs {
 		switch v := o.(type) {
 		case *appsv1.DaemonSet:
 			ds = v
 		case *rbacv1.ClusterRole:
 			role = v
+		case *corev1.ConfigMap:
+			if v.Name == "tabby-config" {
+				cm = v
+			}
 		}
 	}
 	if ds == nil || role == nil {
@@ -99,6 +104,18 @@ func TestManifests(t *testing.T) {
 	}
 	if !optional {
 		t.Error("tabby-node lacks envFrom the optional ConfigMap kubernetes-services-endpoint")
+	}
+	// Next to a kube-proxy that stays, the operator turns Service NAT off in the
+	// ConfigMap instead of editing the DaemonSet.
+	proxyKey := ""
+	for _, e := range main.Env {
+		if e.Name == "TABBY_SERVICE_PROXY" && e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil &&
+			e.ValueFrom.ConfigMapKeyRef.Name == "tabby-config" {
+			proxyKey = e.ValueFrom.ConfigMapKeyRef.Key
+		}
+	}
+	if proxyKey == "" || cm == nil || cm.Data[proxyKey] != "on" {
+		t.Errorf("TABBY_SERVICE_PROXY from tabby-config key %q (ConfigMap found %v): want it there, \"on\"", proxyKey, cm != nil)
 	}
 	for _, c := range append(spec.InitContainers, spec.Containers...) {
 		if c.Image != main.Image {
