@@ -273,10 +273,35 @@ func (o *Owner) SetChains(chains ...Chain) error {
 	return nil
 }
 
+// Update sets chains and removes the chains named in remove in one step: no
+// Apply (from any goroutine) sees a state in between — e.g. a parent chain
+// still jumping to a child already removed, or a new rule jumping to a child
+// not yet set. Everything is validated first; on error nothing changes.
+func (o *Owner) Update(set []Chain, remove []string) error {
+	for _, c := range set {
+		if err := o.validateChain(c); err != nil {
+			return err
+		}
+	}
+	o.t.mu.Lock()
+	defer o.t.mu.Unlock()
+	for _, c := range set {
+		o.setChainLocked(c)
+	}
+	for _, name := range remove {
+		o.removeChainLocked(name)
+	}
+	return nil
+}
+
 // RemoveChain forgets a chain; the next Apply deletes it from the kernel.
 func (o *Owner) RemoveChain(name string) {
 	o.t.mu.Lock()
 	defer o.t.mu.Unlock()
+	o.removeChainLocked(name)
+}
+
+func (o *Owner) removeChainLocked(name string) {
 	if dc := o.t.chains[name]; dc != nil && dc.owner == o {
 		o.t.forget(name)
 		o.t.dirty, o.t.pending[name] = true, true
