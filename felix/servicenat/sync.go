@@ -116,21 +116,13 @@ func (s *syncer) render(dirty map[ServiceKey]bool, full bool) error {
 	if s.owners == nil {
 		return s.register(top, set)
 	}
-	nat := s.owners["nat"]
-	for _, c := range set {
-		if err := nat.SetChain(c); err != nil {
-			return err
-		}
+	// One Update per table: felix's loop applies the same tables from its
+	// own goroutine and must never see a dispatch chain jumping to a chain
+	// already removed, or a KUBE-SVC- chain to a KUBE-SEP- not yet set.
+	if err := s.owners["nat"].Update(append(set, top["nat"]...), remove); err != nil {
+		return err
 	}
-	for _, name := range remove {
-		nat.RemoveChain(name)
-	}
-	for table, chains := range top {
-		if err := s.owners[table].SetChains(chains...); err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.owners["filter"].Update(top["filter"], nil)
 }
 
 // renderService renders one Service's ports, returning the nat chains to set
