@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -23,6 +24,13 @@ func (l *errorLog) record(op string, err error) {
 		panic("OnError called without an error")
 	}
 	l.ops[op]++
+}
+
+// all is a copy of every count so far.
+func (l *errorLog) all() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.ops)
 }
 
 func (l *errorLog) count(op string) int {
@@ -65,8 +73,8 @@ func TestOnError(t *testing.T) {
 		for range updates {
 		}
 	}()
-	if len(log.ops) != 0 {
-		t.Fatalf("failures reported while etcd answered: %v", log.ops)
+	if got := log.all(); len(got) != 0 {
+		t.Fatalf("failures reported while etcd answered: %v", got)
 	}
 
 	if err := cl.Stop(0); err != nil {
