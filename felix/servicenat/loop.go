@@ -57,8 +57,7 @@ func (l *loop) step(ctx context.Context) {
 	if l.registered && now.Sub(l.lastFull) >= p.cfg.FullSyncPeriod && !l.full {
 		l.full, l.reason = true, "period"
 	}
-	_, pending := p.tr.pending()
-	if !l.full && !pending && !l.tablesDue(now) {
+	if !l.full && !p.tr.pending() && !l.tablesDue(now) {
 		return
 	}
 	err := p.syncOnce(ctx, l.full, l.reason)
@@ -103,7 +102,7 @@ func (l *loop) nextWake() time.Duration {
 			next = minTime(next, t.NextCheck())
 		}
 	}
-	if _, pending := p.tr.pending(); pending || l.full {
+	if p.tr.pending() || l.full {
 		next = minTime(next, l.notBefore)
 	}
 	next = maxTime(next, l.notBefore)

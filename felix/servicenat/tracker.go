@@ -151,17 +151,11 @@ func (t *tracker) checkout() checkoutResult {
 	return r
 }
 
-// pending reports whether changes wait, and since when.
-func (t *tracker) pending() (time.Time, bool) {
+// pending reports whether changes wait (checkout says since when).
+func (t *tracker) pending() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var oldest time.Time
-	for _, at := range t.dirty {
-		if oldest.IsZero() || at.Before(oldest) {
-			oldest = at
-		}
-	}
-	return oldest, len(t.dirty) > 0 || t.nodeDirty
+	return len(t.dirty) > 0 || t.nodeDirty
 }
 
 // requeueTriggers puts back the trigger times of a sync that failed, so the
