@@ -73,10 +73,12 @@ func scalar(v any) (string, error) {
 	}
 }
 
-// Getenv returns the environment's value of name, else the file's.
+// Getenv returns the environment's value of name, else the file's. A blank
+// environment value (a DaemonSet's empty ConfigMap key) is unset, as every
+// reader of these names treats it, so it does not hide the file's.
 func (s *Source) Getenv(name string) string {
 	s.asked[name] = true
-	if v := s.env(name); v != "" {
+	if v := s.env(name); strings.TrimSpace(v) != "" {
 		return v
 	}
 	return s.file[name]

@@ -18,7 +18,7 @@ func write(t *testing.T, body string) string {
 
 func TestEnvironmentWinsOverFile(t *testing.T) {
 	p := write(t, "ETCD_ENDPOINTS: http://file:2379\nCALICO_IPV4POOL_BLOCK_SIZE: 28\nCALICO_IPV4POOL_NAT_OUTGOING: false\n")
-	env := map[string]string{"ETCD_ENDPOINTS": "http://env:2379"}
+	env := map[string]string{"ETCD_ENDPOINTS": "http://env:2379", "CALICO_IPV4POOL_BLOCK_SIZE": " "}
 	s, err := Load(p, func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
