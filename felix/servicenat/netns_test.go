@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -120,7 +121,7 @@ func serviceTraffic(t *testing.T, mode iptables.Mode) {
 	expect := func(t *testing.T, from *netnstest.NS, to string, want ...string) {
 		t.Helper()
 		got, err := ask(from, to, 3*time.Second)
-		if err != nil || !contains(want, got) {
+		if err != nil || !slices.Contains(want, got) {
 			t.Errorf("%s: got %q, %v; want one of %q", to, got, err, want)
 		}
 	}
@@ -266,15 +267,6 @@ func serviceTraffic(t *testing.T, mode iptables.Mode) {
 		})
 		t.Logf("rebuilt %v after the flush", time.Since(start).Round(time.Millisecond))
 	})
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func udpConn(t *testing.T, ns *netnstest.NS, localPort int, to string) *net.UDPConn {

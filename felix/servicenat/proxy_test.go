@@ -16,6 +16,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/tabbynet/tabby/felix/internal/fakekernel"
@@ -57,14 +58,10 @@ type unitProxy struct {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func startUnitProxy(t *testing.T, objs ...any) *unitProxy {
+func startUnitProxy(t *testing.T, objs ...runtime.Object) *unitProxy {
 	t.Helper()
 	u := &unitProxy{k: fakekernel.New(), ct: &fakeConntrack{}, reg: prometheus.NewRegistry()}
-	var ro []runtimeObject
-	for _, o := range objs {
-		ro = append(ro, o.(runtimeObject))
-	}
-	u.client = fake.NewClientset(toRuntime(ro)...)
+	u.client = fake.NewClientset(objs...)
 	cfg := DefaultConfig()
 	cfg.NodeName, cfg.MinSyncPeriod, cfg.SyncPeriod = testNode, 10*time.Millisecond, time.Hour
 	p, err := New(cfg, Deps{Tables: newFakeTables(u.k), Runner: u.k, Client: u.client, Conntrack: u.ct,
