@@ -148,7 +148,7 @@ func (p *Proxy) syncOnce(ctx context.Context, full bool, reason string) error {
 	}
 	err := p.sync.render(dirty, full)
 	if err == nil {
-		_, err = p.sync.apply(ctx, full)
+		err = p.sync.apply(ctx, full)
 	}
 	if err != nil {
 		p.metrics.syncFailures.WithLabelValues(kind(full, len(co.changes))).Inc()

@@ -230,7 +230,7 @@ func (s *syncer) register(top map[string][]iptables.Chain, svcChains []iptables.
 // sync writes nat first (new DNAT before the filter REJECT goes); a full one
 // writes filter first: on nft, reading any table fetches every table, so
 // filter is read while nat is cheap (at start: empty) to read.
-func (s *syncer) apply(ctx context.Context, full bool) (lines int, err error) {
+func (s *syncer) apply(ctx context.Context, full bool) error {
 	var errs []error
 	order := Tables
 	if full {
@@ -241,11 +241,9 @@ func (s *syncer) apply(ctx context.Context, full bool) (lines int, err error) {
 		if full {
 			t.Invalidate()
 		}
-		res, err := t.Apply(ctx)
-		lines += res.Lines
-		if err != nil {
+		if _, err := t.Apply(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	return lines, errors.Join(errs...)
+	return errors.Join(errs...)
 }

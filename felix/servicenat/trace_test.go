@@ -122,7 +122,7 @@ func programFlowNode(t *testing.T) *tracer.Tracer {
 	if err := s.render(nil, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.apply(context.Background(), true); err != nil {
+	if err := s.apply(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
 	rules, err := tracer.Parse(k.Save("nat") + k.Save("filter"))
