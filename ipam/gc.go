@@ -91,6 +91,41 @@ type Result struct {
 	Skipped []string `json:"skipped"`
 }
 
+// Plan is what Collect acts on: the confirmed and fixable items of a Report.
+// A dry run shows it; Collect re-checks each leak's owner before freeing it.
+type Plan struct {
+	Leaks       []Leak       `json:"leaks"`
+	GoneNodes   []string     `json:"goneNodes"`
+	EmptyBlocks []EmptyBlock `json:"emptyBlocks"`
+	Fixes       []Finding    `json:"fixes"`
+}
+
+// Plan selects from the report what Collect would act on.
+func (r *Report) Plan() Plan {
+	p := Plan{Leaks: []Leak{}, GoneNodes: []string{}, EmptyBlocks: []EmptyBlock{}, Fixes: []Finding{}}
+	for _, l := range r.Leaks {
+		if l.Confirmed {
+			p.Leaks = append(p.Leaks, l)
+		}
+	}
+	for _, n := range r.GoneNodes {
+		if n.Confirmed {
+			p.GoneNodes = append(p.GoneNodes, n.Node)
+		}
+	}
+	for _, eb := range r.EmptyBlocks {
+		if eb.Confirmed {
+			p.EmptyBlocks = append(p.EmptyBlocks, eb)
+		}
+	}
+	for _, f := range r.Findings {
+		if f.Fixable {
+			p.Fixes = append(p.Fixes, f)
+		}
+	}
+	return p
+}
+
 // Collect checks and then frees what is confirmed: leaked handles (each re-checked just
 // before), gone nodes, spare empty blocks and stale claims. Every release names the sequence
 // number it observed, so an address that was released and handed out again meanwhile stays.
@@ -99,23 +134,18 @@ func (c *Collector) Collect(ctx context.Context) (*Report, *Result, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	plan := r.Plan()
 	res := &Result{}
 	var errs []error
-	errs = append(errs, c.releaseLeaks(ctx, r, res))
-	for _, n := range r.GoneNodes {
-		if n.Confirmed {
-			errs = append(errs, c.cleanupGoneNode(ctx, n.Node, res))
-		}
+	errs = append(errs, c.releaseLeaks(ctx, plan.Leaks, res))
+	for _, n := range plan.GoneNodes {
+		errs = append(errs, c.cleanupGoneNode(ctx, n, res))
 	}
-	for _, eb := range r.EmptyBlocks {
-		if eb.Confirmed {
-			errs = append(errs, c.deleteEmpty(ctx, eb, res))
-		}
+	for _, eb := range plan.EmptyBlocks {
+		errs = append(errs, c.deleteEmpty(ctx, eb, res))
 	}
-	for _, f := range r.Findings {
-		if f.Fixable {
-			errs = append(errs, c.fix(ctx, f, res))
-		}
+	for _, f := range plan.Fixes {
+		errs = append(errs, c.fix(ctx, f, res))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return r, res, fmt.Errorf("ipam gc: %w", err)
@@ -124,12 +154,10 @@ func (c *Collector) Collect(ctx context.Context) (*Report, *Result, error) {
 }
 
 // releaseLeaks frees confirmed leaks handle by handle, after re-reading the handle's owner.
-func (c *Collector) releaseLeaks(ctx context.Context, r *Report, res *Result) error {
+func (c *Collector) releaseLeaks(ctx context.Context, confirmed []Leak, res *Result) error {
 	byHandle := map[string][]Leak{}
-	for _, l := range r.Leaks {
-		if l.Confirmed {
-			byHandle[l.Handle] = append(byHandle[l.Handle], l)
-		}
+	for _, l := range confirmed {
+		byHandle[l.Handle] = append(byHandle[l.Handle], l)
 	}
 	var errs []error
 	for _, h := range sortedKeys(byHandle) {

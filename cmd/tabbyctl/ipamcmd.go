@@ -148,7 +148,7 @@ type gcDryRun struct {
 	WouldFree gcPlan       `json:"wouldFree"`
 }
 
-// gcPlan is what Collect acts on: the confirmed and fixable parts of a report.
+// gcPlan is ipam.Plan as `ipam gc --dry-run` prints it.
 type gcPlan struct {
 	Release      []ipam.Leak `json:"release"`
 	CleanupNodes []string    `json:"cleanupNodes"`
@@ -156,27 +156,15 @@ type gcPlan struct {
 	Fix          []string    `json:"fix"`
 }
 
+// planOf renders ipam's Plan (the one selection Collect also acts on) for printing.
 func planOf(r *ipam.Report) gcPlan {
-	p := gcPlan{Release: []ipam.Leak{}, CleanupNodes: []string{}, DeleteBlocks: []string{}, Fix: []string{}}
-	for _, l := range r.Leaks {
-		if l.Confirmed {
-			p.Release = append(p.Release, l)
-		}
+	plan := r.Plan()
+	p := gcPlan{Release: plan.Leaks, CleanupNodes: plan.GoneNodes, DeleteBlocks: []string{}, Fix: []string{}}
+	for _, eb := range plan.EmptyBlocks {
+		p.DeleteBlocks = append(p.DeleteBlocks, eb.Block.String())
 	}
-	for _, n := range r.GoneNodes {
-		if n.Confirmed {
-			p.CleanupNodes = append(p.CleanupNodes, n.Node)
-		}
-	}
-	for _, b := range r.EmptyBlocks {
-		if b.Confirmed {
-			p.DeleteBlocks = append(p.DeleteBlocks, b.Block.String())
-		}
-	}
-	for _, f := range r.Findings {
-		if f.Fixable {
-			p.Fix = append(p.Fix, f.Kind+" "+f.Key)
-		}
+	for _, f := range plan.Fixes {
+		p.Fix = append(p.Fix, f.Kind+" "+f.Key)
 	}
 	return p
 }
