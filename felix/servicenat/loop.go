@@ -80,12 +80,16 @@ func (l *loop) step(ctx context.Context) {
 }
 
 // tablesDue: the engine wants a post-write check or refresh of a table.
+// A zero NextCheck (a table dirty or unread) is felix's work: ours is
+// written by the sync that sets it, and our failures make the next sync a
+// full one. Acting on it would write felix's state from this goroutine,
+// e.g. chains whose ipsets felix has not created yet.
 func (l *loop) tablesDue(now time.Time) bool {
 	if !l.registered {
 		return false
 	}
 	for _, t := range l.p.sync.tables {
-		if !now.Before(t.NextCheck()) {
+		if next := t.NextCheck(); !next.IsZero() && !now.Before(next) {
 			return true
 		}
 	}
