@@ -197,13 +197,15 @@ func TestProxyRetriesFailedRestore(t *testing.T) {
 // TestProxyUDPConntrack: when a UDP service's endpoint goes, entries to it
 // are deleted; entries of a TCP service never are.
 func TestProxyUDPConntrack(t *testing.T) {
-	u := startUnitProxy(t, webService("dns", "10.96.0.10", v1.ProtocolUDP), webSlice("dns", v1.ProtocolUDP, "10.244.1.1", "10.244.1.2"))
+	u := startUnitProxy(t, webService("dns", "10.96.0.10", v1.ProtocolUDP), webSlice("dns", v1.ProtocolUDP, "10.244.1.1", "10.244.1.2"),
+		webService("web", "10.96.0.20", v1.ProtocolTCP), webSlice("web", v1.ProtocolTCP, "10.244.1.5"))
 	ap := netip.MustParseAddrPort
 	u.ct.mu.Lock()
 	u.ct.flows = [][2]netip.AddrPort{
 		{ap("10.96.0.10:80"), ap("10.244.1.1:8080")}, // to the endpoint that goes
 		{ap("10.96.0.10:80"), ap("10.244.1.2:8080")}, // to the one that stays
 		{ap("10.96.0.99:80"), ap("10.244.1.1:8080")}, // not a service
+		{ap("10.96.0.20:80"), ap("10.244.1.6:8080")}, // a TCP service, answered by a non-endpoint
 	}
 	u.ct.mu.Unlock()
 	es := webSlice("dns", v1.ProtocolUDP, "10.244.1.2")
@@ -214,7 +216,7 @@ func TestProxyUDPConntrack(t *testing.T) {
 	eventually(t, "the conntrack cleanup", func() string {
 		u.ct.mu.Lock()
 		defer u.ct.mu.Unlock()
-		if len(u.ct.gone) != 1 || u.ct.gone[0][1] != ap("10.244.1.1:8080") || len(u.ct.flows) != 2 {
+		if len(u.ct.gone) != 1 || u.ct.gone[0][1] != ap("10.244.1.1:8080") || len(u.ct.flows) != 3 {
 			return "gone: " + strings.TrimSpace(strings.Repeat("x", len(u.ct.gone)))
 		}
 		return ""
