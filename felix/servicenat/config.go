@@ -119,6 +119,9 @@ func (c *Config) Validate() error {
 	if c.MinSyncPeriod < 0 || c.SyncPeriod <= 0 || c.FullSyncPeriod <= 0 {
 		errs = append(errs, errors.New("service proxy: sync periods must be positive"))
 	}
+	if c.HealthzTimeout <= 0 { // would make every waiting change unhealthy at once
+		errs = append(errs, errors.New("service proxy: healthz timeout must be positive"))
+	}
 	if c.MasqueradeBit < 0 || c.MasqueradeBit > 31 {
 		errs = append(errs, fmt.Errorf("service proxy: --iptables-masquerade-bit %d: want 0-31", c.MasqueradeBit))
 	}
