@@ -131,15 +131,17 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 			ds, nl, &tunnelAddrs{alloc: alloc, reg: reg}, log)
 		comps.add("tunnel", ta.Synced(), ta.Run)
 	}
+	var felixSynced <-chan struct{}
 	if deps.Felix != nil {
 		fa, err := felixagent.New(felixagent.Config{NodeName: cfg.NodeName}, ds, deps.Felix, log, metrics)
 		if err != nil {
 			return err
 		}
-		comps.add("felix", fa.Synced(), fa.Run)
+		felixSynced = fa.Synced()
+		comps.add("felix", felixSynced, fa.Run)
 	}
 	if deps.ServiceNAT != nil {
-		comps.add("service-nat", deps.ServiceNAT.Synced(), deps.ServiceNAT.Run)
+		comps.add("service-nat", deps.ServiceNAT.Synced(), after(felixSynced, deps.ServiceNAT.Run))
 	}
 	gc := ipam.NewCollector(alloc, ipam.CollectorConfig{LeakGrace: cfg.LeakGrace, NodeGrace: ipam.DefaultCollectorConfig().NodeGrace,
 		EmptyBlockGrace: ipam.DefaultCollectorConfig().EmptyBlockGrace, PendingAge: ipam.DefaultCollectorConfig().PendingAge})
@@ -221,4 +223,20 @@ func (t *tunnelAddrs) ReleaseTunnelAddress(ctx context.Context, node string) err
 		return err
 	}
 	return t.reg.SetTunnelAddr(ctx, "")
+}
+
+// after delays run until ready is closed (nil: no wait). Service NAT shares
+// felix's tables, whose fixed chains jump to chains felix writes in its first
+// apply: a Service NAT sync before that fails and backs off for up to 30 s.
+func after(ready <-chan struct{}, run func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if ready != nil {
+			select {
+			case <-ready:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		return run(ctx)
+	}
 }
