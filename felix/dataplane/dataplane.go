@@ -190,7 +190,7 @@ func (d *Dataplane) liveIfaces() []string {
 }
 
 // render pushes the dirty parts of the model to the table owners and ipsets.
-func (d *Dataplane) render() error {
+func (d *Dataplane) renderChains() error {
 	filter := d.felix["filter"]
 	for iface := range d.dirtyIfaces {
 		chains := rules.EndpointChains(d.cfg.Rules, iface)
@@ -220,7 +220,7 @@ func (d *Dataplane) render() error {
 		}
 		d.dispatch, d.dispatchDirty = now, false
 	}
-	return d.renderSets()
+	return nil
 }
 
 func (d *Dataplane) renderSets() error {
@@ -277,11 +277,16 @@ func (d *Dataplane) Apply(ctx context.Context) error {
 	if d.nextRefresh.IsZero() || !now.Before(d.nextRefresh) {
 		d.nextRefresh = now.Add(d.refreshInterval())
 	}
-	if err := d.render(); err != nil {
-		return fmt.Errorf("render felix chains: %w", err)
+	// Sets first: the chains reference them, and the tables are shared with
+	// Service NAT, whose Apply may write our desired chains at any moment.
+	if err := d.renderSets(); err != nil {
+		return fmt.Errorf("render felix ipsets: %w", err)
 	}
 	if err := d.sets.ApplyUpdates(ctx); err != nil {
 		return err // the tables reference the sets: do not write them without
+	}
+	if err := d.renderChains(); err != nil {
+		return fmt.Errorf("render felix chains: %w", err)
 	}
 	var errs []error
 	for _, t := range d.tables {
