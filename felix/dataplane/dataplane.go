@@ -189,7 +189,7 @@ func (d *Dataplane) liveIfaces() []string {
 	return out
 }
 
-// render pushes the dirty parts of the model to the table owners and ipsets.
+// renderChains pushes the dirty endpoint and dispatch chains to the table owner.
 func (d *Dataplane) renderChains() error {
 	filter := d.felix["filter"]
 	for iface := range d.dirtyIfaces {
