@@ -12,13 +12,14 @@ import (
 	"github.com/tabbynet/tabby/cmd/internal/etcdflags"
 	cniplugin "github.com/tabbynet/tabby/cni-plugin"
 	"github.com/tabbynet/tabby/cni-plugin/install"
+	"github.com/tabbynet/tabby/envdefault"
 )
 
 func newInstallCNICmd(getenv func(string) string) *cobra.Command {
 	var cfg install.Config
 	var etcd *etcdflags.Flags
-	e := &envDefaults{getenv: getenv}
-	env := e.str
+	e := envdefault.New(getenv)
+	env := e.Str
 	cmd := &cobra.Command{
 		Use:   "install-cni",
 		Short: "Install the tabby CNI plugins and their conflist on this node (the DaemonSet's init container)",
@@ -35,8 +36,8 @@ to the conflist (tabby-tls/, root only). Running it again changes nothing
 unless something changed (a restart or an upgrade).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if len(e.errs) > 0 {
-				return errors.Join(e.errs...)
+			if len(e.Errs()) > 0 {
+				return errors.Join(e.Errs()...)
 			}
 			ecfg, err := etcd.Config()
 			if err != nil {
@@ -70,10 +71,10 @@ unless something changed (a restart or an upgrade).`,
 	fs.StringVar(&cfg.Etcd.HostNetDir, "cni-net-dir-on-host", env("CNI_NET_DIR_ON_HOST", "/etc/cni/net.d"), "the same directory as the host sees it (env CNI_NET_DIR_ON_HOST)")
 	fs.StringVar(&cfg.ConfName, "cni-conf-name", env("CNI_CONF_NAME", "10-tabby.conflist"), "conflist file name (env CNI_CONF_NAME)")
 	fs.StringVar(&cfg.Network, "cni-network-name", env("CNI_NETWORK_NAME", "k8s-pod-network"), "network name in the conflist (env CNI_NETWORK_NAME)")
-	fs.IntVar(&cfg.MTU, "cni-mtu", e.integer("CNI_MTU", 0), "pod MTU; 0: what tabby-node writes for this node (env CNI_MTU)")
+	fs.IntVar(&cfg.MTU, "cni-mtu", e.Int("CNI_MTU", 0), "pod MTU; 0: what tabby-node writes for this node (env CNI_MTU)")
 	fs.StringVar(&cfg.LogLevel, "cni-log-level", env("CNI_LOG_LEVEL", "info"), "the plugins' log level (env CNI_LOG_LEVEL)")
 	fs.StringVar(&cfg.LogFile, "cni-log-file", env("CNI_LOG_FILE", "/var/log/tabby/cni.log"), "the plugins' log file on the host (env CNI_LOG_FILE)")
-	fs.BoolVar(&cfg.Portmap, "portmap", e.boolean("CNI_PORTMAP", true), "chain the portmap plugin for hostPorts (env CNI_PORTMAP)")
+	fs.BoolVar(&cfg.Portmap, "portmap", e.Bool("CNI_PORTMAP", true), "chain the portmap plugin for hostPorts (env CNI_PORTMAP)")
 	return cmd
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tabbynet/tabby/cmd/internal/etcdflags"
 	"github.com/tabbynet/tabby/datastore"
+	"github.com/tabbynet/tabby/envdefault"
 	"github.com/tabbynet/tabby/felix/cmdrun"
 	"github.com/tabbynet/tabby/felix/dataplane"
 	"github.com/tabbynet/tabby/felix/iptables"
@@ -40,7 +41,7 @@ type runFlags struct {
 	markMask       string
 	endpointToHost string
 	logLevel       string
-	env            *envDefaults // its errs: environment values that did not parse
+	env            *envdefault.Reader // its errs: environment values that did not parse
 	agent          nodeagent.Config
 	poolCIDR       string
 	poolIPIP       string
@@ -50,9 +51,9 @@ type runFlags struct {
 }
 
 func bindRunFlags(fs *pflag.FlagSet, getenv func(string) string) *runFlags {
-	e := &envDefaults{getenv: getenv}
+	e := envdefault.New(getenv)
 	f := &runFlags{etcd: etcdflags.Bind(fs, getenv), env: e}
-	str, dur := e.str, e.dur
+	str, dur := e.Str, e.Dur
 	fs.StringVar(&f.nodeName, "nodename", str("NODENAME", ""), "this node's name in etcd (env NODENAME; default: the hostname)")
 	fs.StringVar(&f.backend, "iptables-backend", str("FELIX_IPTABLESBACKEND", "auto"),
 		"iptables backend: auto (kubelet/kube-proxy markers, then rule counts), nft or legacy (env FELIX_IPTABLESBACKEND)")
@@ -75,7 +76,7 @@ func bindRunFlags(fs *pflag.FlagSet, getenv func(string) string) *runFlags {
 // bindAgentFlags binds what is not felix's: the node, the tunnel, IPAM and health.
 func bindAgentFlags(fs *pflag.FlagSet, f *runFlags) {
 	a, e := &f.agent, f.env
-	str, dur := e.str, e.dur
+	str, dur := e.Str, e.Dur
 	fs.StringVar(&a.IP, "ip", str("IP", "autodetect"), "this node's underlay address as <ip>/<prefix>, or autodetect (env IP)")
 	fs.StringVar(&a.IPAutodetectionMethod, "ip-autodetection-method", str("IP_AUTODETECTION_METHOD", "first-found"),
 		"first-found, interface=<regex>, can-reach=<ip> (env IP_AUTODETECTION_METHOD)")
@@ -83,18 +84,18 @@ func bindAgentFlags(fs *pflag.FlagSet, f *runFlags) {
 		"where the node name, pod MTU and readiness files for the CNI plugin go (env TABBY_STATE_DIR)")
 	fs.DurationVar(&a.NodeTTL, "node-ttl", dur("TABBY_NODE_TTL", nodeagent.DefaultNodeTTL),
 		"lease of the node record: other nodes drop routes to this node this long after the agent is gone (env TABBY_NODE_TTL)")
-	fs.IntVar(&a.TunnelMTU, "tunnel-mtu", e.integer("FELIX_IPINIPMTU", 0), "tunl0 MTU; 0: underlay MTU - 20 (env FELIX_IPINIPMTU)")
+	fs.IntVar(&a.TunnelMTU, "tunnel-mtu", e.Int("FELIX_IPINIPMTU", 0), "tunl0 MTU; 0: underlay MTU - 20 (env FELIX_IPINIPMTU)")
 	fs.DurationVar(&a.RouteRefresh, "route-refresh-interval", dur("FELIX_ROUTEREFRESHINTERVAL", 90*time.Second),
 		"full re-apply of the tunnel routes that repairs drift (env FELIX_ROUTEREFRESHINTERVAL)")
-	fs.BoolVar(&a.Tunnel, "tunnel", e.boolean("TABBY_TUNNEL", true), "run the tunnel (tunl0 and routes to other nodes' blocks) (env TABBY_TUNNEL)")
-	fs.BoolVar(&f.felix, "felix", e.boolean("TABBY_FELIX", true), "run felix (the cali-* iptables chains) (env TABBY_FELIX)")
+	fs.BoolVar(&a.Tunnel, "tunnel", e.Bool("TABBY_TUNNEL", true), "run the tunnel (tunl0 and routes to other nodes' blocks) (env TABBY_TUNNEL)")
+	fs.BoolVar(&f.felix, "felix", e.Bool("TABBY_FELIX", true), "run felix (the cali-* iptables chains) (env TABBY_FELIX)")
 	fs.StringVar(&f.poolCIDR, "default-ipv4-pool-cidr", str("CALICO_IPV4POOL_CIDR", "10.244.0.0/16"),
 		`pool created on first start when none exists; "none" for none (env CALICO_IPV4POOL_CIDR)`)
-	fs.IntVar(&a.DefaultPool.BlockSize, "default-ipv4-pool-block-size", e.integer("CALICO_IPV4POOL_BLOCK_SIZE", 26),
+	fs.IntVar(&a.DefaultPool.BlockSize, "default-ipv4-pool-block-size", e.Int("CALICO_IPV4POOL_BLOCK_SIZE", 26),
 		"block size of the default pool (env CALICO_IPV4POOL_BLOCK_SIZE)")
 	fs.StringVar(&f.poolIPIP, "default-ipv4-pool-ipip", str("CALICO_IPV4POOL_IPIP", "Always"),
 		"ipipMode of the default pool: Always, CrossSubnet or Never (env CALICO_IPV4POOL_IPIP)")
-	fs.BoolVar(&f.poolNAT, "default-ipv4-pool-nat-outgoing", e.boolean("CALICO_IPV4POOL_NAT_OUTGOING", true),
+	fs.BoolVar(&f.poolNAT, "default-ipv4-pool-nat-outgoing", e.Bool("CALICO_IPV4POOL_NAT_OUTGOING", true),
 		"natOutgoing of the default pool (env CALICO_IPV4POOL_NAT_OUTGOING)")
 	fs.StringVar(&a.IPAMLockFile, "ipam-lock-file", str("TABBY_IPAM_LOCK_FILE", ipam.DefaultLockFile),
 		"the lock tabby-ipam processes of this host share (env TABBY_IPAM_LOCK_FILE)")
@@ -150,8 +151,8 @@ func run(ctx context.Context, f *runFlags) error {
 	if err != nil {
 		return err
 	}
-	if len(f.env.errs) > 0 {
-		return errors.Join(f.env.errs...)
+	if len(f.env.Errs()) > 0 {
+		return errors.Join(f.env.Errs()...)
 	}
 	if !f.proxy.Enabled {
 		// servicenat.New validates when Service NAT is on; off, its

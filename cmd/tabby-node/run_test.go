@@ -103,8 +103,8 @@ func TestRunBooleansFromEnv(t *testing.T) {
 	if err := fs.Parse(nil); err != nil {
 		t.Fatal(err)
 	}
-	if f.agent.Tunnel || f.felix || !f.poolNAT || f.agent.DefaultPool.BlockSize != 28 || len(f.env.errs) != 0 {
+	if f.agent.Tunnel || f.felix || !f.poolNAT || f.agent.DefaultPool.BlockSize != 28 || len(f.env.Errs()) != 0 {
 		t.Errorf("tunnel %v, felix %v, natOutgoing %v, block %d, errors %v; want false, false, true, 28, none",
-			f.agent.Tunnel, f.felix, f.poolNAT, f.agent.DefaultPool.BlockSize, f.env.errs)
+			f.agent.Tunnel, f.felix, f.poolNAT, f.agent.DefaultPool.BlockSize, f.env.Errs())
 	}
 }

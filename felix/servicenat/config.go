@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/tabbynet/tabby/envdefault"
 )
 
 // Defaults of Config.
@@ -77,33 +78,34 @@ func DefaultConfig() Config {
 // environment (getenv); errors in the environment are reported by Validate.
 func BindFlags(fs *pflag.FlagSet, getenv func(string) string) *Config {
 	c := DefaultConfig()
-	e := envReader{getenv: getenv, errs: &c.envErrs}
-	c.Enabled = e.boolean("TABBY_SERVICE_PROXY", true)
+	e := envdefault.New(getenv)
+	c.Enabled = e.Bool("TABBY_SERVICE_PROXY", true)
 	fs.Var(&onOff{&c.Enabled}, "service-proxy", "on: tabby programs Service NAT (kube-proxy's chains); off: leave it to kube-proxy (env TABBY_SERVICE_PROXY)")
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", e.str("KUBECONFIG", ""), "kubeconfig for the Kubernetes API; empty: in-cluster (env KUBECONFIG)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", e.Str("KUBECONFIG", ""), "kubeconfig for the Kubernetes API; empty: in-cluster (env KUBECONFIG)")
 	fs.Var(&addrList{&c.NodeIPs}, "proxy-node-ip", "this node's IPv4 addresses, comma separated; default: the Node object's (env TABBY_PROXY_NODE_IP)")
-	if v := e.str("TABBY_PROXY_NODE_IP", ""); v != "" {
+	if v := e.Str("TABBY_PROXY_NODE_IP", ""); v != "" {
 		if err := (&addrList{&c.NodeIPs}).Set(v); err != nil {
 			c.envErrs = append(c.envErrs, fmt.Errorf("TABBY_PROXY_NODE_IP: %w", err))
 		}
 	}
-	fs.DurationVar(&c.MinSyncPeriod, "proxy-min-sync-period", e.dur("TABBY_PROXY_MIN_SYNC_PERIOD", c.MinSyncPeriod),
+	fs.DurationVar(&c.MinSyncPeriod, "proxy-min-sync-period", e.Dur("TABBY_PROXY_MIN_SYNC_PERIOD", c.MinSyncPeriod),
 		"least time between two syncs; a burst of changes becomes one write (env TABBY_PROXY_MIN_SYNC_PERIOD)")
-	fs.DurationVar(&c.SyncPeriod, "proxy-sync-period", e.dur("TABBY_PROXY_SYNC_PERIOD", c.SyncPeriod),
+	fs.DurationVar(&c.SyncPeriod, "proxy-sync-period", e.Dur("TABBY_PROXY_SYNC_PERIOD", c.SyncPeriod),
 		"how often the KUBE-PROXY-CANARY chains are checked; a missing one forces a full sync (env TABBY_PROXY_SYNC_PERIOD)")
-	fs.DurationVar(&c.FullSyncPeriod, "proxy-full-sync-period", e.dur("TABBY_PROXY_FULL_SYNC_PERIOD", c.FullSyncPeriod),
+	fs.DurationVar(&c.FullSyncPeriod, "proxy-full-sync-period", e.Dur("TABBY_PROXY_FULL_SYNC_PERIOD", c.FullSyncPeriod),
 		"how often everything is re-rendered and compared with the kernel (env TABBY_PROXY_FULL_SYNC_PERIOD)")
-	fs.StringVar(&c.DetectLocalMode, "detect-local-mode", e.str("TABBY_PROXY_DETECT_LOCAL_MODE", c.DetectLocalMode),
+	fs.StringVar(&c.DetectLocalMode, "detect-local-mode", e.Str("TABBY_PROXY_DETECT_LOCAL_MODE", c.DetectLocalMode),
 		"which traffic is from a pod (not masqueraded to cluster IPs): InterfaceNamePrefix, ClusterCIDR or None (env TABBY_PROXY_DETECT_LOCAL_MODE)")
-	fs.StringVar(&c.PodInterfacePrefix, "pod-interface-name-prefix", e.str("TABBY_PROXY_POD_INTERFACE_PREFIX", c.PodInterfacePrefix),
+	fs.StringVar(&c.PodInterfacePrefix, "pod-interface-name-prefix", e.Str("TABBY_PROXY_POD_INTERFACE_PREFIX", c.PodInterfacePrefix),
 		"pods' host-side interface prefix, for InterfaceNamePrefix (env TABBY_PROXY_POD_INTERFACE_PREFIX)")
-	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", e.str("TABBY_PROXY_CLUSTER_CIDR", ""), "the pods' IPv4 CIDR, for ClusterCIDR (env TABBY_PROXY_CLUSTER_CIDR)")
-	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", e.boolean("TABBY_PROXY_MASQUERADE_ALL", false),
+	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", e.Str("TABBY_PROXY_CLUSTER_CIDR", ""), "the pods' IPv4 CIDR, for ClusterCIDR (env TABBY_PROXY_CLUSTER_CIDR)")
+	fs.BoolVar(&c.MasqueradeAll, "masquerade-all", e.Bool("TABBY_PROXY_MASQUERADE_ALL", false),
 		"masquerade all traffic to cluster IPs (env TABBY_PROXY_MASQUERADE_ALL)")
-	fs.IntVar(&c.MasqueradeBit, "iptables-masquerade-bit", e.integer("TABBY_PROXY_MASQUERADE_BIT", c.MasqueradeBit),
+	fs.IntVar(&c.MasqueradeBit, "iptables-masquerade-bit", e.Int("TABBY_PROXY_MASQUERADE_BIT", c.MasqueradeBit),
 		"mark bit of KUBE-MARK-MASQ, 0-31 (env TABBY_PROXY_MASQUERADE_BIT)")
-	fs.BoolVar(&c.LocalhostNodePorts, "iptables-localhost-nodeports", e.boolean("TABBY_PROXY_LOCALHOST_NODEPORTS", false),
+	fs.BoolVar(&c.LocalhostNodePorts, "iptables-localhost-nodeports", e.Bool("TABBY_PROXY_LOCALHOST_NODEPORTS", false),
 		"let 127.0.0.1:<nodePort> reach services; sets net.ipv4.conf.all.route_localnet=1 (env TABBY_PROXY_LOCALHOST_NODEPORTS)")
+	c.envErrs = append(c.envErrs, e.Errs()...)
 	return &c
 }
 
@@ -164,60 +166,6 @@ func (c *Config) renderConfig(nodeIPs []netip.Addr, topo Topology, liberal bool)
 		RandomFully: c.RandomFully, Topology: topo}
 }
 
-type envReader struct {
-	getenv func(string) string
-	errs   *[]error
-}
-
-func (e envReader) str(key, def string) string {
-	if v := strings.TrimSpace(e.getenv(key)); v != "" {
-		return v
-	}
-	return def
-}
-
-func (e envReader) dur(key string, def time.Duration) time.Duration {
-	v := e.str(key, "")
-	if v == "" {
-		return def
-	}
-	if n, err := strconv.ParseFloat(v, 64); err == nil {
-		return time.Duration(n * float64(time.Second))
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		*e.errs = append(*e.errs, fmt.Errorf("%s: %w", key, err))
-		return def
-	}
-	return d
-}
-
-func (e envReader) boolean(key string, def bool) bool {
-	switch strings.ToLower(e.str(key, "")) {
-	case "":
-		return def
-	case "1", "true", "on", "yes":
-		return true
-	case "0", "false", "off", "no":
-		return false
-	}
-	*e.errs = append(*e.errs, fmt.Errorf("%s: want on/off or true/false", key))
-	return def
-}
-
-func (e envReader) integer(key string, def int) int {
-	v := e.str(key, "")
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		*e.errs = append(*e.errs, fmt.Errorf("%s: %w", key, err))
-		return def
-	}
-	return n
-}
-
 // onOff is a flag that reads on/off (and true/false).
 type onOff struct{ v *bool }
 
@@ -229,14 +177,11 @@ func (o *onOff) String() string {
 }
 func (o *onOff) Type() string { return "on|off" }
 func (o *onOff) Set(s string) error {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "on", "true", "1":
-		*o.v = true
-	case "off", "false", "0":
-		*o.v = false
-	default:
+	b, err := envdefault.ParseBool(s)
+	if err != nil {
 		return fmt.Errorf("want on or off, not %q", s)
 	}
+	*o.v = b
 	return nil
 }
 
