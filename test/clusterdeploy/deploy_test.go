@@ -83,8 +83,8 @@ func TestClusterDaemonSetIPIPAlways(t *testing.T) {
 		t.Skipf("needs %s, which this kernel lacks (probe: %v); not run in the VM that has it: there "+
 			"kube-apiserver alone takes 47 s to be ready (TCG), a whole cluster would take minutes, the VM "+
 			"mounts no cgroup hierarchy for kubelet/runc and has 2 GB RAM with images in tmpfs; IPIP across "+
-			"nodes is covered by test/e2e's TestVMAgentsIPIP (real agents and CNI); this test runs on any "+
-			"host kernel with IPIP", vmtest.IPIP().Name, err)
+			"nodes is covered by test/e2e's TestVMAgentsIPIP (real agents and CNI; `make test-vm`); this test "+
+			"runs with `make test-cluster` on any host kernel with IPIP (CONFIG_NET_IPIP)", vmtest.IPIP().Name, err)
 	}
 	runScenario(t, scenario{nodes: 2, ipipMode: datastore.IPIPAlways, poolCIDR: "10.49.0.0/16"})
 }
