@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -35,27 +35,27 @@ func TestAgentMetrics(t *testing.T) {
 	waitRoutes(t, a, want, 5*time.Second)
 	m := agentA.metrics
 	// node-b may register after node-a's first sync: wait for the routes to it.
-	waitMetric(t, func() bool { return value(m.routes.WithLabelValues("direct")) == 2 })
+	waitMetric(t, func() bool { return testutil.ToFloat64(m.routes.WithLabelValues("direct")) == 2 })
 	for typ, n := range map[string]float64{"direct": 2, "blackhole": 1, "ipip": 0} {
-		if got := value(m.routes.WithLabelValues(typ)); got != n {
+		if got := testutil.ToFloat64(m.routes.WithLabelValues(typ)); got != n {
 			t.Errorf("tabby_tunnel_routes{type=%q} = %v, want %v", typ, got, n)
 		}
 	}
-	if got := value(m.problems); got != 0 {
+	if got := testutil.ToFloat64(m.problems); got != 0 {
 		t.Errorf("tabby_tunnel_route_problems = %v, want 0", got)
 	}
 	if got := histogramCount(t, reg, "tabby_tunnel_sync_seconds", triggerStart); got != 1 {
 		t.Errorf("start syncs = %d, want 1", got)
 	}
 	for _, tr := range []string{triggerStart, triggerUpdate, triggerResync, triggerRetry} {
-		if got := value(m.syncFailures.WithLabelValues(tr)); got != 0 {
+		if got := testutil.ToFloat64(m.syncFailures.WithLabelValues(tr)); got != 0 {
 			t.Errorf("tabby_tunnel_sync_failures_total{trigger=%q} = %v, want 0", tr, got)
 		}
 	}
-	if last := value(m.lastSync); last < float64(time.Now().Add(-time.Minute).Unix()) {
+	if last := testutil.ToFloat64(m.lastSync); last < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("tabby_tunnel_last_sync_timestamp_seconds = %v, want about now", last)
 	}
-	if got := value(m.changes.WithLabelValues("added")); got != 3 {
+	if got := testutil.ToFloat64(m.changes.WithLabelValues("added")); got != 3 {
 		t.Errorf("tabby_tunnel_route_changes_total{op=added} = %v, want 3", got)
 	}
 
@@ -65,7 +65,7 @@ func TestAgentMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRoutes(t, a, want, 5*time.Second)
-	waitMetric(t, func() bool { return value(m.changes.WithLabelValues("added")) == 4 })
+	waitMetric(t, func() bool { return testutil.ToFloat64(m.changes.WithLabelValues("added")) == 4 })
 	if got := histogramCount(t, reg, "tabby_tunnel_sync_seconds", triggerResync); got < 1 {
 		t.Errorf("resync syncs = %d, want at least 1", got)
 	}
@@ -122,19 +122,7 @@ func TestMetricsNilRegisterer(t *testing.T) {
 	m := newMetrics(nil)
 	m.desired([]Route{{Kind: Encap}, {Kind: Blackhole}}, 1)
 	m.synced(triggerUpdate, time.Millisecond, nil, time.Now())
-	if got := value(m.routes.WithLabelValues("ipip")); got != 1 {
+	if got := testutil.ToFloat64(m.routes.WithLabelValues("ipip")); got != 1 {
 		t.Errorf("ipip routes = %v, want 1", got)
 	}
-}
-
-// value reads a gauge or a counter.
-func value(m prometheus.Metric) float64 {
-	var d dto.Metric
-	if err := m.Write(&d); err != nil {
-		panic(err)
-	}
-	if d.Gauge != nil {
-		return d.Gauge.GetValue()
-	}
-	return d.Counter.GetValue()
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -162,7 +163,7 @@ func TestProxyPartialSync(t *testing.T) {
 	if n := u.k.Restores() - restores; n != 1 {
 		t.Errorf("%d restores for one change; want 1 (nat only)", n)
 	}
-	if got := value(u.p.metrics.rules.WithLabelValues("nat")); got == 0 {
+	if got := testutil.ToFloat64(u.p.metrics.rules.WithLabelValues("nat")); got == 0 {
 		t.Error("rules metric not set")
 	}
 	if histCount(u.p.metrics.programming) == 0 {
@@ -186,10 +187,10 @@ func TestProxyRetriesFailedRestore(t *testing.T) {
 		}
 		return ""
 	})
-	if got := value(u.p.metrics.syncFailures.WithLabelValues("partial")); got != 1 {
+	if got := testutil.ToFloat64(u.p.metrics.syncFailures.WithLabelValues("partial")); got != 1 {
 		t.Errorf("partial sync failures = %v, want 1", got)
 	}
-	if got := value(u.p.metrics.fullSyncs.WithLabelValues("failure")); got != 1 {
+	if got := testutil.ToFloat64(u.p.metrics.fullSyncs.WithLabelValues("failure")); got != 1 {
 		t.Errorf("full syncs after failure = %v, want 1", got)
 	}
 }
@@ -221,18 +222,6 @@ func TestProxyUDPConntrack(t *testing.T) {
 		}
 		return ""
 	})
-}
-
-// value reads a counter or gauge.
-func value(m prometheus.Metric) float64 {
-	var d dto.Metric
-	if err := m.Write(&d); err != nil {
-		return -1
-	}
-	if d.Counter != nil {
-		return d.Counter.GetValue()
-	}
-	return d.Gauge.GetValue()
 }
 
 func histCount(h prometheus.Histogram) uint64 {
