@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/tabbynet/tabby/datastore"
@@ -108,15 +107,8 @@ func newScenario(t *testing.T, mode iptables.Mode) *scenario {
 
 func addRoute(t *testing.T, n *netnstest.Node, dst string, via netip.Addr) {
 	t.Helper()
-	p := netip.MustParsePrefix(dst)
-	eth, err := n.Netlink().LinkByName(n.Iface)
-	if err != nil {
+	if err := n.RouteVia(netip.MustParsePrefix(dst), via); err != nil {
 		t.Fatal(err)
-	}
-	r := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: via.AsSlice(),
-		Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
-	if err := n.Netlink().RouteAdd(r); err != nil {
-		t.Fatalf("route %s via %s in %s: %v", dst, via, n.Name, err)
 	}
 }
 

@@ -170,3 +170,17 @@ func (n *Node) IP() net.IP { return net.IP(n.Addr.Addr().AsSlice()) }
 func prefixToIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// RouteVia adds a route to dst through a gateway on the node's underlay
+// interface (another node, standing in for what a CNI or tunnel would route).
+func (n *Node) RouteVia(dst netip.Prefix, via netip.Addr) error {
+	eth, err := n.nl.LinkByName(n.Iface)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", n.Iface, err)
+	}
+	r := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: via.AsSlice(), Dst: prefixToIPNet(dst)}
+	if err := n.nl.RouteAdd(r); err != nil {
+		return fmt.Errorf("route %s via %s in %s: %w", dst, via, n.Name, err)
+	}
+	return nil
+}
